@@ -1,0 +1,1 @@
+"""JSON documents: validation, equality and JSON Merge Patch."""

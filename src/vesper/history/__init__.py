@@ -1,0 +1,1 @@
+"""Revisions (version vectors), hybrid logical clocks and changesets."""

@@ -1,0 +1,1 @@
+"""Deterministic merge: per-property multi-value registers resolved by (HLC, branch id)."""

@@ -1,0 +1,1 @@
+"""SQLite storage: the database file, its schema and durability settings."""

@@ -1,0 +1,228 @@
+"""The SQLite database behind a store: connections, schema, locking, durability.
+
+One writer connection does every write, serialised by a lock; each write is one
+``BEGIN IMMEDIATE`` transaction. WAL mode lets readers run beside it: a streaming query
+takes a pooled reader connection and keeps one read transaction open, so it sees one
+consistent snapshot however long the caller takes. An in-memory store has a single
+connection, so its queries page through it under the lock instead.
+
+Durability: with ``synchronous=NORMAL`` (the default) a committed transaction is in the
+WAL file before ``commit`` returns, so it survives the process being killed (kill -9);
+an operating-system crash or power loss may lose the last transactions, never corrupt
+the file. ``synchronous=FULL`` fsyncs every commit and survives power loss too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from vesper.errors import StorageError, StoreClosed
+from vesper.storage.url import StorageLocation
+
+SCHEMA_VERSION = 1
+READER_POOL_SIZE = 4
+WRITER_CACHE_KIB = 32 * 1024
+READER_CACHE_KIB = 8 * 1024
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT PRIMARY KEY,
+    live INTEGER NOT NULL,          -- 1 when the object exists (its existence winner)
+    doc TEXT NOT NULL,              -- visible properties, JSON, with "id"
+    state TEXT NOT NULL,            -- merge registers: dots and losing values
+    conflicted INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_conflicted ON objects(id) WHERE conflicted = 1;
+CREATE TABLE IF NOT EXISTS changesets (
+    seq INTEGER PRIMARY KEY,        -- local apply order: a causal order
+    origin TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS changesets_dot ON changesets(origin, counter);
+CREATE TABLE IF NOT EXISTS object_changes (
+    obj TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (obj, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    origin TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    base TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (origin, counter)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY);
+"""
+
+
+class Database:
+    def __init__(self, location: StorageLocation) -> None:
+        self.location = location
+        self.lock = threading.RLock()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock_file: Any = None
+        self._closed = False
+        if location.path is not None:
+            path = Path(location.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._take_process_lock(path)
+        try:
+            self.conn = self._connect(WRITER_CACHE_KIB)
+            if location.path is not None:
+                mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise StorageError(f"{location.path}: cannot switch to WAL mode ({mode})")
+            self.conn.executescript(SCHEMA)
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StorageError(f"cannot open {location.path or 'mem://'}: {exc}") from None
+
+    def _take_process_lock(self, path: Path) -> None:
+        # Two processes on one file would each keep their own counters and clocks in
+        # memory and hand out the same changeset ids: refuse the second one.
+        self._lock_file = open(f"{path}.lock", "a+")  # noqa: SIM115 - held until close
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise StorageError(f"{path} is in use by another Vesper process") from None
+
+    def _connect(self, cache_kib: int) -> sqlite3.Connection:
+        target = self.location.path or ":memory:"
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous={self.location.synchronous.upper()}")
+        conn.execute(f"PRAGMA cache_size=-{cache_kib}")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def _check_schema(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self.conn.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.location.path}: schema version {row[0]} is not "
+                f"supported (this Vesper reads {SCHEMA_VERSION})"
+            )
+
+    # -- transactions --------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; it commits when the block ends, rolls back on error."""
+        with self.lock:
+            if self._closed:
+                raise StoreClosed("the store is closed")
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StorageError(f"commit failed: {exc}") from None
+
+    def fetch(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        """Run one read statement on the writer connection (short reads)."""
+        with self.lock:
+            if self._closed:
+                raise StoreClosed("the store is closed")
+            return self.conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Reader]:
+        """A reader whose statements all see one snapshot (file) or run under the lock."""
+        if self.location.path is None:
+            yield _LockedReader(self)
+            return
+        conn = self._checkout_reader()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield Reader(conn)
+            finally:
+                conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        else:
+            self._checkin_reader(conn)
+
+    def _checkout_reader(self) -> sqlite3.Connection:
+        with self.lock:
+            if self._closed:
+                raise StoreClosed("the store is closed")
+            if self._readers:
+                return self._readers.pop()
+        return self._connect(READER_CACHE_KIB)
+
+    def _checkin_reader(self, conn: sqlite3.Connection) -> None:
+        with self.lock:
+            if not self._closed and len(self._readers) < READER_POOL_SIZE:
+                self._readers.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                if self.location.path is not None:
+                    # Readers may still be open elsewhere; the WAL is replayed next open.
+                    with contextlib.suppress(sqlite3.DatabaseError):
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Reader:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def fetch(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
+
+
+class _LockedReader(Reader):
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def fetch(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        return self._db.fetch(sql, params)
+
+
+def remove_database_files(path: str) -> None:
+    """Delete a database and its WAL side files (tests and tools)."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        with suppress(FileNotFoundError):
+            os.unlink(path + suffix)

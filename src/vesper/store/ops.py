@@ -1,0 +1,175 @@
+"""Local operations: validation, and folding a transaction into one change per object."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vesper.document.patch import merge_patch
+from vesper.document.values import check_document, check_id, check_value
+from vesper.errors import DocumentExists, DocumentNotFound, InvalidDocument, InvalidOperation
+from vesper.merge.register import ObjectState
+
+OP_NAMES = ("create", "replace", "update", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One validated operation of a transaction."""
+
+    kind: str
+    """create, replace, update or delete."""
+    id: str
+    """The object's id (generated for a create without one)."""
+    props: dict[str, Any] | None = None
+    """create/replace: the new properties (without id); update: the merge patch."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def parse_op(raw: object, where: str = "op") -> Op:
+    """Validate one transaction operation as the HTTP API and Python API take it."""
+    if not isinstance(raw, Mapping):
+        raise InvalidOperation(f"{where} must be an object, got {type(raw).__name__}")
+    kind = raw.get("op")
+    if kind not in OP_NAMES:
+        raise InvalidOperation(
+            f"{where}: unknown op {kind!r} (expected one of {', '.join(OP_NAMES)})"
+        )
+    allowed = {
+        "create": {"op", "object"},
+        "replace": {"op", "object"},
+        "update": {"op", "id", "patch"},
+        "delete": {"op", "id"},
+    }[kind]
+    extra = set(raw) - allowed
+    if extra:
+        raise InvalidOperation(f"{where}: unexpected field {sorted(extra)[0]!r} in a {kind} op")
+    if kind in ("create", "replace"):
+        if "object" not in raw:
+            raise InvalidOperation(f"{where}: a {kind} op needs 'object'")
+        return object_op(kind, raw["object"], where=f"{where}.object")
+    if "id" not in raw:
+        raise InvalidOperation(f"{where}: a {kind} op needs 'id'")
+    obj_id = check_id(raw["id"], f"{where}.id")
+    if kind == "delete":
+        return Op("delete", obj_id)
+    if "patch" not in raw:
+        raise InvalidOperation(f"{where}: an update op needs 'patch'")
+    return update_op(obj_id, raw["patch"], where=f"{where}.patch")
+
+
+def object_op(kind: str, doc: object, obj_id: str | None = None, where: str = "object") -> Op:
+    doc = check_document(doc, where)
+    if obj_id is not None:
+        check_id(obj_id)
+        if "id" in doc and doc["id"] != obj_id:
+            raise InvalidDocument(f"{where}: id {doc['id']!r} does not match {obj_id!r}")
+    elif "id" in doc:
+        obj_id = doc["id"]
+    elif kind == "create":
+        obj_id = new_id()
+    else:
+        raise InvalidDocument(f"{where}: a replaced object needs an 'id'")
+    props = {k: v for k, v in doc.items() if k != "id"}
+    return Op(kind, obj_id, props)  # type: ignore[arg-type]
+
+
+def update_op(obj_id: str, patch: object, where: str = "patch") -> Op:
+    check_id(obj_id)
+    if type(patch) is not dict:
+        raise InvalidDocument(
+            f"{where} must be a JSON object (a JSON Merge Patch of the object's properties)"
+        )
+    for key, value in patch.items():
+        if type(key) is not str:
+            raise InvalidDocument(f"{where}: property name {key!r} is not a string")
+        if key == "id":
+            if value != obj_id:
+                raise InvalidDocument(f"{where}: an object's id cannot be changed")
+            continue
+        check_value(value, f"{where}.{key}", 1)
+    patch = {k: v for k, v in patch.items() if k != "id"}
+    return Op("update", obj_id, patch)
+
+
+@dataclass
+class _Net:
+    """What a transaction did to one object so far."""
+
+    existed: bool
+    live: bool
+    visible: dict[str, Any]
+    replaced: bool = False
+    written: dict[str, Any] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+
+    def write(self, name: str, value: Any) -> None:
+        self.written[name] = value
+        self.removed.discard(name)
+        self.visible[name] = value
+
+    def remove(self, name: str) -> None:
+        self.written.pop(name, None)
+        self.removed.add(name)
+        self.visible.pop(name, None)
+
+
+def fold(ops: Sequence[Op], load: Callable[[str], ObjectState | None]) -> list[dict[str, Any]]:
+    """Turn a transaction into changeset changes, checking each op against the state
+    the earlier ops of the same transaction left. ``load`` gives an object's stored
+    state (live or deleted) or None."""
+    nets: dict[str, _Net] = {}
+    for op in ops:
+        net = nets.get(op.id)
+        if net is None:
+            state = load(op.id)
+            live = state is not None and state.live
+            # A deleted object still holds its last properties: a create on its id
+            # removes them explicitly so that none comes back.
+            visible = state.properties() if state is not None else {}
+            net = nets[op.id] = _Net(existed=live, live=live, visible=visible)
+        if op.kind in ("create", "replace"):
+            if op.kind == "create" and net.live:
+                raise DocumentExists(f"object {op.id!r} already exists")
+            assert op.props is not None
+            for name in [n for n in net.visible if n not in op.props]:
+                net.remove(name)
+            for name, value in op.props.items():
+                net.write(name, value)
+            net.live = True
+            net.replaced = True
+        elif op.kind == "update":
+            if not net.live:
+                raise DocumentNotFound(f"object {op.id!r} does not exist")
+            assert op.props is not None
+            for name, value in op.props.items():
+                if value is None:
+                    if name in net.visible:
+                        net.remove(name)
+                else:
+                    net.write(name, merge_patch(net.visible.get(name), value))
+        else:
+            if not net.live:
+                raise DocumentNotFound(f"object {op.id!r} does not exist")
+            net.live = False
+    return [_change(obj_id, net) for obj_id, net in nets.items()]
+
+
+def _change(obj_id: str, net: _Net) -> dict[str, Any]:
+    if not net.live:
+        kind = "delete"
+    elif not net.existed:
+        kind = "create"
+    else:
+        kind = "replace" if net.replaced else "update"
+    change: dict[str, Any] = {"id": obj_id, "op": kind, "exists": net.live}
+    if net.written:
+        change["set"] = net.written
+    if net.removed:
+        change["unset"] = sorted(net.removed)
+    return change

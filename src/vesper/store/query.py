@@ -1,0 +1,93 @@
+"""Streaming object queries: sorted by id, equality filters, keyset paging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from vesper.document.values import check_value, json_equal
+from vesper.errors import InvalidDocument
+from vesper.storage.database import Database
+
+PAGE_ROWS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Top-level property equality tests, all of which must hold."""
+
+    items: tuple[tuple[str, Any], ...] = ()
+
+    def matches(self, doc: Mapping[str, Any]) -> bool:
+        return all(k in doc and json_equal(doc[k], v) for k, v in self.items)
+
+
+def parse_where(where: Mapping[str, Any] | None) -> Where:
+    if where is None:
+        return Where()
+    if not isinstance(where, Mapping):
+        raise InvalidDocument(f"where must be a JSON object, got {type(where).__name__}")
+    for key, value in where.items():
+        if type(key) is not str:
+            raise InvalidDocument(f"where: property name {key!r} is not a string")
+        check_value(value, f"where.{key}", 1)
+    return Where(tuple(where.items()))
+
+
+def _prefilter(where: Where) -> tuple[str, list[Any]]:
+    """SQL conditions that narrow the scan; the exact JSON comparison runs in Python."""
+    sql: list[str] = []
+    params: list[Any] = []
+    for key, value in where.items:
+        if '"' in key or "\\" in key:
+            continue
+        path = f'$."{key}"'
+        if type(value) is bool:
+            sql.append("json_type(doc, ?) = ?")
+            params += [path, "true" if value else "false"]
+        elif value is None:
+            sql.append("json_type(doc, ?) = 'null'")
+            params.append(path)
+        elif type(value) in (str, int, float):
+            sql.append("json_extract(doc, ?) = ?")
+            params += [path, value]
+    return "".join(f" AND {c}" for c in sql), params
+
+
+def iter_objects(
+    db: Database, where: Where, limit: int | None = None, after: str | None = None
+) -> Iterator[str]:
+    """Live objects' JSON text in id order, from one snapshot, a page at a time."""
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise InvalidDocument(f"limit must be a non-negative integer, got {limit!r}")
+    if after is not None and not isinstance(after, str):
+        raise InvalidDocument(f"after must be a string id, got {type(after).__name__}")
+    return _iter(db, where, limit, after or "")
+
+
+def _iter(db: Database, where: Where, limit: int | None, after: str) -> Iterator[str]:
+    remaining = limit
+    if remaining == 0:
+        return
+    extra_sql, extra_params = _prefilter(where)
+    sql = (
+        f"SELECT id, doc FROM objects WHERE live = 1 AND id > ?{extra_sql} "
+        f"ORDER BY id LIMIT {PAGE_ROWS}"
+    )
+    with db.snapshot() as reader:
+        while True:
+            rows = reader.fetch(sql, [after, *extra_params])
+            for _obj_id, doc in rows:
+                if where.items and not where.matches(orjson.loads(doc)):
+                    continue
+                yield doc
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining == 0:
+                        return
+            if len(rows) < PAGE_ROWS:
+                return
+            after = rows[-1][0]

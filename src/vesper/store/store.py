@@ -1,0 +1,483 @@
+"""The Vesper store: documents, transactions, history and remote changesets.
+
+Every public method is thread-safe. Writes are serialised on one SQLite connection;
+each commit, local or remote, is one SQLite transaction that writes the objects, the
+changeset, the per-object history index, the outbox row and the new version vector
+together, so a crash leaves either all of it or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from vesper.errors import HistoryDisabled, InvalidChangeset, StorageError
+from vesper.history.changeset import Changeset, iso_time, parse_changeset
+from vesper.history.hlc import HybridClock, wall_ms_of
+from vesper.history.revision import (
+    dominates,
+    format_revision,
+    is_valid_branch_id,
+    parse_revision,
+)
+from vesper.merge.register import ObjectState
+from vesper.storage.database import Database
+from vesper.storage.url import parse_storage_url
+from vesper.store import history as history_queries
+from vesper.store.ops import Op, fold, object_op, parse_op, update_op
+from vesper.store.pending import PendingIndex
+from vesper.store.query import Where, iter_objects, parse_where
+
+log = logging.getLogger(__name__)
+
+_IN_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What a local commit answers."""
+
+    revision: str
+    """The store's revision after the commit."""
+    ids: list[str]
+    """The ids of the objects the commit touched, in operation order."""
+    changeset: str
+    """The new changeset's id ``<branch_id>.<counter>``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What ``apply_many`` did with each changeset it was given."""
+
+    applied: list[str]
+    """Ids applied now, given ones and released pending ones, in apply order."""
+    pending: list[str]
+    """Ids stored as pending: a predecessor is missing."""
+    duplicates: list[str]
+    """Ids the store already had (no-ops)."""
+
+
+class Store:
+    """A Vesper datastore. Use :func:`open_store` to make one."""
+
+    def __init__(
+        self,
+        storage_url: str = "mem://",
+        branch_id: str = "0A",
+        save_history: bool = True,
+        outbox: bool = False,
+    ) -> None:
+        if not is_valid_branch_id(branch_id):
+            raise ValueError(f"branch_id must be 1-64 of A-Za-z0-9_-, got {branch_id!r}")
+        self.branch_id = branch_id
+        self.save_history = save_history
+        self.outbox_enabled = outbox and save_history
+        self.db = Database(parse_storage_url(storage_url))
+        try:
+            self._load_meta()
+        except BaseException:
+            self.db.close()
+            raise
+        self._digest_cache: tuple[str, str] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def _load_meta(self) -> None:
+        rows = dict(self.db.fetch("SELECT key, value FROM meta"))
+        stored = rows.get("branch_id")
+        if stored is None:
+            self.db.fetch("INSERT INTO meta VALUES ('branch_id', ?)", (self.branch_id,))
+        elif stored != self.branch_id:
+            raise StorageError(
+                f"this store belongs to branch {stored!r}, not "
+                f"{self.branch_id!r}; a branch id never changes"
+            )
+        state = orjson.loads(rows.get("state", '{"vv": {}, "hlc": 0, "live": 0}'))
+        self._vv: dict[str, int] = state["vv"]
+        self._clock = HybridClock(state["hlc"])
+        self._live = state["live"]
+        self._pending = PendingIndex.load(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- local writes --------------------------------------------------------------
+
+    def create(self, doc: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> CommitResult:
+        """Create one object, or several in one changeset; ``id`` is generated if absent."""
+        docs = [doc] if isinstance(doc, Mapping) else list(doc)
+        return self._commit(
+            [
+                object_op("create", d, where=f"object {i}" if len(docs) > 1 else "object")
+                for i, d in enumerate(docs)
+            ]
+        )
+
+    def replace(self, doc: Mapping[str, Any], obj_id: str | None = None) -> CommitResult:
+        """Replace a whole object (creating it if absent)."""
+        return self._commit([object_op("replace", doc, obj_id)])
+
+    def update(self, obj_id: str, patch: Mapping[str, Any]) -> CommitResult:
+        """Apply a JSON Merge Patch (RFC 7386) to an existing object."""
+        return self._commit([update_op(obj_id, patch)])
+
+    def delete(self, obj_id: str) -> CommitResult:
+        return self._commit([parse_op({"op": "delete", "id": obj_id})])
+
+    def transaction(self, ops: Sequence[Mapping[str, Any]]) -> CommitResult:
+        """Several operations committed as one changeset, or not at all."""
+        if isinstance(ops, str | bytes | Mapping) or not isinstance(ops, Sequence):
+            from vesper.errors import InvalidOperation
+
+            raise InvalidOperation("ops must be a list of operations")
+        if not ops:
+            from vesper.errors import InvalidOperation
+
+            raise InvalidOperation("a transaction needs at least one operation")
+        return self._commit([parse_op(op, f"ops[{i}]") for i, op in enumerate(ops)])
+
+    def _commit(self, ops: list[Op]) -> CommitResult:
+        with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
+            states = self._load_states(conn, {op.id for op in ops})
+            changes = fold(ops, states.get)
+            counter = self._vv.get(self.branch_id, 0) + 1
+            hlc = self._clock.tick()
+            base = dict(self._vv)
+            self._vv[self.branch_id] = counter
+            body = {
+                "id": f"{self.branch_id}.{counter}",
+                "origin": self.branch_id,
+                "revision": format_revision(self._vv),
+                "base_revision": format_revision(base),
+                "hlc": hlc,
+                "time": iso_time(wall_ms_of(hlc)),
+                "changes": changes,
+            }
+            self._write_changes(conn, states, changes, self.branch_id, counter, hlc, base)
+            if self.save_history:
+                seq = self._insert_changeset(conn, self.branch_id, counter, body, changes)
+                if self.outbox_enabled:
+                    conn.execute("INSERT INTO outbox(seq) VALUES (?)", (seq,))
+            self._save_state(conn)
+        return CommitResult(body["revision"], [op.id for op in ops], body["id"])
+
+    # -- remote changesets ---------------------------------------------------------
+
+    def apply(self, changeset: object) -> ApplyResult:
+        """Apply one changeset from another node (dict, JSON text or bytes)."""
+        return self.apply_many([changeset])
+
+    def apply_many(self, changesets: Iterable[object]) -> ApplyResult:
+        """Apply changesets from other nodes in one transaction.
+
+        Each is validated first; if any is malformed, InvalidChangeset is raised and
+        nothing changes. Duplicates are no-ops; a changeset whose predecessors are
+        missing is kept as pending and applied, in causal order, once they arrive.
+        """
+        if not self.save_history:
+            raise HistoryDisabled("applying remote changesets needs save_history = True")
+        parsed = []
+        for i, raw in enumerate(changesets):
+            try:
+                parsed.append(parse_changeset(raw, self.branch_id))
+            except InvalidChangeset as exc:
+                raise InvalidChangeset(f"changesets[{i}]: {exc}") from None
+        return self.apply_parsed(parsed)
+
+    def apply_parsed(self, parsed: Sequence[Changeset]) -> ApplyResult:
+        """``apply_many`` for changesets already checked by ``parse_changeset``."""
+        applied: list[str] = []
+        pending: list[str] = []
+        duplicates: list[str] = []
+        with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
+            for cs in parsed:
+                if self._vv.get(cs.origin, 0) >= cs.counter or self._pending.has(cs):
+                    duplicates.append(cs.id)
+                elif self._deliverable(cs):
+                    self._apply_one(conn, cs)
+                    applied.append(cs.id)
+                else:
+                    self._pending.add(conn, cs)
+                    pending.append(cs.id)
+            if applied:
+                applied.extend(self._drain_pending(conn))
+                self._save_state(conn)
+        released = set(applied)
+        return ApplyResult(applied, [p for p in pending if p not in released], duplicates)
+
+    def _deliverable(self, cs: Changeset) -> bool:
+        return self._vv.get(cs.origin, 0) == cs.counter - 1 and dominates(self._vv, cs.base)
+
+    def _apply_one(self, conn: Any, cs: Changeset) -> None:
+        states = self._load_states(conn, {c["id"] for c in cs.changes})
+        self._clock.observe(cs.hlc)
+        self._write_changes(conn, states, cs.changes, cs.origin, cs.counter, cs.hlc, cs.base)
+        seq = self._insert_changeset(conn, cs.origin, cs.counter, cs.body, cs.changes)
+        del seq  # relaying (hub nodes) will queue it in the outbox of the other channels
+        self._vv[cs.origin] = cs.counter
+
+    def _drain_pending(self, conn: Any) -> list[str]:
+        released: list[str] = []
+        progress = True
+        while progress and self._pending:
+            progress = False
+            for cs in self._pending.ready(conn, self._vv):
+                self._apply_one(conn, cs)
+                released.append(cs.id)
+                progress = True
+        return released
+
+    # -- shared write helpers ------------------------------------------------------
+
+    def _load_states(self, conn: Any, ids: set[str]) -> dict[str, ObjectState]:
+        out: dict[str, ObjectState] = {}
+        id_list = list(ids)
+        for start in range(0, len(id_list), _IN_CHUNK):
+            chunk = id_list[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for obj_id, doc, state in conn.execute(
+                f"SELECT id, doc, state FROM objects WHERE id IN ({marks})", chunk
+            ):
+                out[obj_id] = ObjectState.load(obj_id, doc, state)
+        return out
+
+    def _write_changes(
+        self,
+        conn: Any,
+        states: dict[str, ObjectState],
+        changes: list[dict[str, Any]],
+        origin: str,
+        counter: int,
+        hlc: int,
+        base: Mapping[str, int],
+    ) -> None:
+        rows = []
+        live_delta = 0
+        for change in changes:
+            obj_id = change["id"]
+            state = states.get(obj_id)
+            if state is None:
+                state = states[obj_id] = ObjectState(obj_id)
+            was_live = state.live
+            state.apply(change, origin, counter, hlc, base)
+            live, doc_text, state_text, conflicted = state.dump()
+            live_delta += live - was_live
+            rows.append((obj_id, live, doc_text, state_text, conflicted))
+        conn.executemany(
+            "INSERT OR REPLACE INTO objects(id, live, doc, state, conflicted) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        self._live += live_delta
+
+    def _insert_changeset(
+        self,
+        conn: Any,
+        origin: str,
+        counter: int,
+        body: dict[str, Any],
+        changes: list[dict[str, Any]],
+    ) -> int:
+        cur = conn.execute(
+            "INSERT INTO changesets(origin, counter, body) VALUES (?, ?, ?)",
+            (origin, counter, orjson.dumps(body).decode()),
+        )
+        seq = cur.lastrowid
+        conn.executemany(
+            "INSERT INTO object_changes(obj, seq) VALUES (?, ?)", [(c["id"], seq) for c in changes]
+        )
+        return seq
+
+    def _save_state(self, conn: Any) -> None:
+        state = orjson.dumps({"vv": self._vv, "hlc": self._clock.last, "live": self._live})
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('state', ?)", (state.decode(),)
+        )
+
+    @contextmanager
+    def _rollback_memory_on_error(self) -> Iterator[None]:
+        """Keep the in-memory vector, clock, count and pending index equal to the
+        database: when a transaction (or its COMMIT) fails, put them back."""
+        saved = dict(self._vv), self._clock.last, self._live
+        try:
+            yield
+        except BaseException:
+            self._vv, self._clock.last, self._live = saved
+            self._pending.rollback()
+            raise
+        self._pending.commit()
+
+    # -- reads ---------------------------------------------------------------------
+
+    @property
+    def revision(self) -> str:
+        """The version vector of everything this store has applied."""
+        with self.db.lock:
+            return format_revision(self._vv)
+
+    @property
+    def version_vector(self) -> dict[str, int]:
+        with self.db.lock:
+            return dict(self._vv)
+
+    @property
+    def count(self) -> int:
+        """Number of live objects."""
+        return self._live
+
+    def get(self, obj_id: str) -> dict[str, Any] | None:
+        raw = self.get_json(obj_id)
+        return None if raw is None else orjson.loads(raw)
+
+    def get_json(self, obj_id: str) -> str | None:
+        """The object as stored JSON text, or None."""
+        rows = self.db.fetch("SELECT doc FROM objects WHERE id = ? AND live = 1", (obj_id,))
+        return rows[0][0] if rows else None
+
+    def query(
+        self,
+        where: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Live objects sorted by id, optionally filtered by top-level equality."""
+        for text in self.query_json(where, limit, after):
+            yield orjson.loads(text)
+
+    def query_json(
+        self,
+        where: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Iterator[str]:
+        """Like :meth:`query`, yielding stored JSON text (no re-encoding)."""
+        spec: Where = parse_where(where)
+        return iter_objects(self.db, spec, limit, after)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of all objects sorted by id (SPEC section 4)."""
+        with self.db.snapshot() as reader:
+            revision = self.revision
+            cached = self._digest_cache
+            if cached is not None and cached[0] == revision:
+                return cached[1]
+            h = hashlib.sha256()
+            h.update(b"[")
+            first = True
+            after = ""
+            while True:
+                rows = reader.fetch(
+                    "SELECT id, doc FROM objects WHERE live = 1 AND id > ? ORDER BY id LIMIT 1000",
+                    (after,),
+                )
+                for _id, doc in rows:
+                    if not first:
+                        h.update(b",")
+                    first = False
+                    h.update(
+                        json.dumps(
+                            orjson.loads(doc),
+                            sort_keys=True,
+                            separators=(",", ":"),
+                            ensure_ascii=False,
+                        ).encode("utf-8")
+                    )
+                if len(rows) < 1000:
+                    break
+                after = rows[-1][0]
+            h.update(b"]")
+            value = h.hexdigest()
+        self._digest_cache = (revision, value)
+        return value
+
+    def conflicts(self, obj_id: str | None = None) -> list[dict[str, Any]]:
+        """Properties whose concurrent writes disagree, with winner and losers."""
+        sql = "SELECT id, doc, state FROM objects WHERE conflicted = 1"
+        params: tuple[Any, ...] = ()
+        if obj_id is not None:
+            sql += " AND id = ?"
+            params = (obj_id,)
+        out: list[dict[str, Any]] = []
+        for oid, doc, state in self.db.fetch(sql + " ORDER BY id", params):
+            out.extend(ObjectState.load(oid, doc, state).conflicts())
+        return out
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # -- history -------------------------------------------------------------------
+
+    def _need_history(self) -> None:
+        if not self.save_history:
+            raise HistoryDisabled("this store was opened with save_history = False")
+
+    def changesets(
+        self, since: str | Mapping[str, int] = "", limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Changesets not contained in ``since``, in this node's (causal) apply order."""
+        self._need_history()
+        vector = parse_revision(since) if isinstance(since, str) else dict(since)
+        return history_queries.changesets_since(self.db, self.version_vector, vector, limit)
+
+    def changeset(self, changeset_id: str) -> dict[str, Any] | None:
+        self._need_history()
+        return history_queries.changeset_by_id(self.db, changeset_id)
+
+    def object_history(self, obj_id: str) -> list[dict[str, Any]]:
+        """Every revision of one object, oldest first, with the object after each."""
+        self._need_history()
+        return history_queries.object_history(self.db, obj_id)
+
+    def get_at(self, obj_id: str, revision: str) -> dict[str, Any] | None:
+        """The object as it was when the store had exactly ``revision``."""
+        self._need_history()
+        return history_queries.object_at(self.db, obj_id, parse_revision(revision))
+
+    def objects_at(self, revision: str) -> list[dict[str, Any]]:
+        """All live objects, sorted by id, as of ``revision`` (replayed in memory)."""
+        self._need_history()
+        return history_queries.objects_at(self.db, parse_revision(revision))
+
+    # -- outbox (used by replication) ----------------------------------------------
+
+    def outbox_peek(self, limit: int = 100, after_seq: int = 0) -> list[tuple[int, str]]:
+        """Up to ``limit`` unconfirmed changesets ``(seq, body)`` in commit order."""
+        return self.db.fetch(
+            "SELECT o.seq, c.body FROM outbox o JOIN changesets c ON c.seq = o.seq "
+            "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
+            (after_seq, limit),
+        )
+
+    def outbox_confirm(self, seqs: Iterable[int]) -> None:
+        """The broker confirmed these: they leave the outbox."""
+        with self.db.write() as conn:
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    @property
+    def outbox_count(self) -> int:
+        return self.db.fetch("SELECT count(*) FROM outbox")[0][0]
+
+
+def open_store(
+    storage_url: str = "mem://",
+    branch_id: str = "0A",
+    save_history: bool = True,
+    outbox: bool = False,
+) -> Store:
+    """Open (creating if needed) a store. ``storage_url``: ``sqlite:///file.db`` or
+    ``mem://``."""
+    return Store(storage_url, branch_id, save_history, outbox)
