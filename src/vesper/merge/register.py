@@ -121,7 +121,7 @@ class ObjectState:
 
     def _registers(self) -> Iterable[tuple[str | None, list[Write]]]:
         yield None, self.exists
-        yield from self.props.items()
+        yield from sorted(self.props.items())
 
     # -- merging -------------------------------------------------------------------
 

@@ -1,0 +1,399 @@
+"""The typed, validated settings of one node and the table of every variable.
+
+``VARIABLES`` is the single source of truth: ``known_variables()``, the alias and typo
+handling, the override parser and docs/configuration.md are all derived from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import posixpath
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, cast
+from urllib.parse import parse_qsl
+
+from vesper.errors import ConfigError
+
+DEFAULT_TRUNK_ID: Final = "0A"
+DEFAULT_SAVE_HISTORY: Final = False
+DEFAULT_SEND_STOMP_ACK: Final = True
+DEFAULT_REPLICATION_HEARTBEAT_MS: Final = 1000
+DEFAULT_WORK_DIR: Final = "vesper_work"
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8000
+DEFAULT_API_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_LOG_LEVEL: Final = "info"
+
+BROKERS = ("activemq", "rabbitmq", "vesper")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SYNCHRONOUS_MODES = ("normal", "full")
+MAX_PORT = 65535
+
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CHANNEL_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_SECRETS = frozenset({"replication_passcode"})
+
+Check = Callable[[str, object], object]
+
+
+def _fail(name: str, expected: str, value: object) -> ConfigError:
+    if name in _SECRETS:
+        # Never echo a password into logs; its type is enough to find the mistake.
+        shown = f"a value of type {type(value).__name__}"
+    else:
+        shown = repr(value)
+        if len(shown) > 100:
+            shown = shown[:97] + "..."
+    return ConfigError(f"{name}: expected {expected}, got {shown}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(name, "True or False", value)
+    return value
+
+
+def _int_range(low: int, high: int | None = None) -> Check:
+    expected = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
+    def check(name: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(name, expected, value)
+        if value < low or (high is not None and value > high):
+            raise _fail(name, expected, value)
+        return value
+
+    return check
+
+
+def _check_id(name: str, value: object) -> str:
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise _fail(name, "1 to 64 characters of A-Z a-z 0-9 _ -", value)
+    return value
+
+
+def _check_optional_id(name: str, value: object) -> str | None:
+    return None if value is None else _check_id(name, value)
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(name, "a non-empty string", value)
+    return value
+
+
+def _check_optional_str(name: str, value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(name, "a string or None", value)
+    return value
+
+
+def _choice(options: tuple[str, ...], optional: bool = False) -> Check:
+    expected = "one of " + ", ".join(repr(o) for o in options) + (" or None" if optional else "")
+
+    def check(name: str, value: object) -> str | None:
+        if value is None and optional:
+            return None
+        # Case is forgiven ("INFO" is a common spelling); the stored value is lower case.
+        if not isinstance(value, str) or value.lower() not in options:
+            raise _fail(name, expected, value)
+        return value.lower()
+
+    return check
+
+
+def _check_channel(name: str, value: object) -> str:
+    if not isinstance(value, str) or not _CHANNEL_RE.fullmatch(value):
+        raise _fail(name, "a non-empty channel name of A-Z a-z 0-9 _ . -", value)
+    return value
+
+
+def _check_optional_channel(name: str, value: object) -> str | None:
+    return None if value is None else _check_channel(name, value)
+
+
+def _check_channels(name: str, value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise _fail(name, "a list of channel names or None", value)
+    channels = tuple(_check_channel(name, item) for item in value)
+    for channel in channels:
+        if channels.count(channel) > 1:
+            raise ConfigError(f"{name}: expected distinct channels, got {channel!r} twice")
+    return channels or None
+
+
+def _parse_host_port(name: str, item: object) -> tuple[str, int]:
+    expected = "'host:port' or a (host, port) pair with a port from 1 to 65535"
+    if isinstance(item, str):
+        host, sep, port_text = item.strip().rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise _fail(name, expected, item)
+        host, port = host.removeprefix("[").removesuffix("]"), int(port_text)
+    elif isinstance(item, list | tuple) and len(item) == 2:
+        host, port = item
+    else:
+        raise _fail(name, expected, item)
+    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+        raise _fail(name, expected, item)
+    if not _is_int(port) or not 1 <= port <= MAX_PORT:
+        raise _fail(name, expected, item)
+    return host, port
+
+
+def _check_hosts(name: str, value: object) -> tuple[tuple[str, int], ...] | None:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()] if value.strip() else []
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise _fail(name, "a list of (host, port) pairs, 'h1:p1,h2:p2' or None", value)
+    if len(value) == 2 and _is_int(value[1]):
+        value = [value]  # one bare pair: no list of hosts can have a number as an item
+    return tuple(_parse_host_port(name, item) for item in value) or None
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """Where a ``storage_url`` points, as the storage layer needs it."""
+
+    kind: Literal["sqlite", "mem"]
+    """``"sqlite"`` for a database file, ``"mem"`` for a store that lives in memory."""
+    path: str | None = None
+    """The SQLite file, relative to the process's working directory unless absolute."""
+    synchronous: Literal["normal", "full"] | None = None
+    """SQLite ``PRAGMA synchronous`` asked for in the URL; None leaves the store's default."""
+
+
+def parse_storage_url(url: object, name: str = "storage_url") -> StorageLocation:
+    """Split a storage URL into its parts; raise ConfigError naming ``name`` if invalid."""
+    expected = "'sqlite:///relative.db', 'sqlite:////abs/path.db' or 'mem://'"
+    if url == "mem://":
+        return StorageLocation("mem")
+    if not isinstance(url, str) or not url.startswith("sqlite:///"):
+        raise _fail(name, expected, url)
+    path, _, query = url.removeprefix("sqlite:///").partition("?")
+    if not path or path.endswith("/"):
+        raise _fail(name, expected, url)
+    synchronous = None
+    if query:
+        try:
+            params = parse_qsl(query, strict_parsing=True)
+        except ValueError:
+            params = []
+        modes = [v for k, v in params if k == "synchronous" and v in SYNCHRONOUS_MODES]
+        if len(params) != 1 or len(modes) != 1:
+            raise _fail(name, f"{expected} with at most '?synchronous=normal|full'", url)
+        synchronous = cast(Literal["normal", "full"], modes[0])
+    return StorageLocation("sqlite", path, synchronous)
+
+
+def _check_storage_url(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    parse_storage_url(value, name)
+    return cast(str, value)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One configuration variable as users see it."""
+
+    name: str
+    type: str
+    """The accepted type, as written in the docs."""
+    default: object
+    description: str
+    """One line: what it does and what empty, zero or None means."""
+    example: str
+    """A value as written in a Vesper-style file."""
+    check: Check = field(repr=False, compare=False)
+    """Validates and normalises a value; raises ConfigError."""
+    aliases: tuple[str, ...] = ()
+
+
+# fmt: off
+VARIABLES: tuple[Variable, ...] = (
+    Variable("branch_id", "str", None,
+             "this node's id, unique among all nodes that ever share data; "
+             "unset means the same as trunk_id",
+             "'0B'", _check_optional_id, aliases=("branchId",)),
+    Variable("trunk_id", "str", DEFAULT_TRUNK_ID,
+             "id of the original trunk branch (kept for Vesper compatibility)",
+             "'0A'", _check_id),
+    Variable("save_history", "bool", DEFAULT_SAVE_HISTORY,
+             "keep the revision history; replication requires it",
+             "True", _check_bool, aliases=("saveHistory",)),
+    Variable("replication_hosts", "list of (host, port) | str | None", None,
+             "STOMP brokers, tried in order (more than one enables failover); "
+             "None or empty means no replication",
+             "[('localhost', 61613)] or 'h1:61613,h2:61613'", _check_hosts),
+    Variable("replication_channel", "str | None", None,
+             "the one channel this node replicates on (broker destination /topic/<channel>)",
+             "'orders'", _check_optional_channel),
+    Variable("replication_channels", "list of str | None", None,
+             "several channels for a hub node that relays between them; "
+             "use instead of replication_channel; empty means None",
+             "['site1', 'all_sites']", _check_channels),
+    Variable("send_stomp_ack", "bool", DEFAULT_SEND_STOMP_ACK,
+             "acknowledge each message once durably applied; False for brokers without ACK",
+             "False", _check_bool),
+    Variable("replication_broker", "str | None", None,
+             "broker product: 'activemq', 'rabbitmq' or 'vesper'; "
+             "None detects it from the CONNECTED frame",
+             "'rabbitmq'", _choice(BROKERS, optional=True)),
+    Variable("replication_login", "str | None", None,
+             "broker login; None connects without credentials",
+             "'vesper'", _check_optional_str),
+    Variable("replication_passcode", "str | None", None,
+             "broker passcode; never shown in error messages or repr",
+             "'secret'", _check_optional_str),
+    Variable("replication_heartbeat_ms", "int", DEFAULT_REPLICATION_HEARTBEAT_MS,
+             "STOMP heart-beat interval in milliseconds; 0 disables heart-beats",
+             "10000", _int_range(0)),
+    Variable("storage_url", "str | None", None,
+             "'sqlite:///relative.db', 'sqlite:////abs/path.db' (optionally with "
+             "'?synchronous=normal|full') or 'mem://'; None means <work_dir>/<branch_id>.db",
+             "'sqlite:////var/lib/vesper/node.db'", _check_storage_url),
+    Variable("work_dir", "str", DEFAULT_WORK_DIR,
+             "directory for data files, relative to the working directory unless absolute",
+             "'/var/lib/vesper'", _check_text),
+    Variable("host", "str", DEFAULT_HOST,
+             "HTTP listen address; '0.0.0.0' listens on every interface",
+             "'0.0.0.0'", _check_text),
+    Variable("port", "int", DEFAULT_PORT,
+             "HTTP listen port from 0 to 65535; 0 picks a free port",
+             "8001", _int_range(0, MAX_PORT)),
+    Variable("api_max_body_bytes", "int", DEFAULT_API_MAX_BODY_BYTES,
+             "largest HTTP request body accepted, in bytes; must be > 0",
+             "1048576", _int_range(1)),
+    Variable("log_level", "str", DEFAULT_LOG_LEVEL,
+             "one of 'debug', 'info', 'warning', 'error' (any case)",
+             "'debug'", _choice(LOG_LEVELS)),
+)
+# fmt: on
+
+_BY_NAME = {v.name: v for v in VARIABLES}
+_ALIASES = {alias: v.name for v in VARIABLES for alias in v.aliases}
+
+
+def known_variables() -> tuple[Variable, ...]:
+    """Every configuration variable with its type, default and description."""
+    return VARIABLES
+
+
+def resolve_names(mapping: Mapping[str, object]) -> dict[str, object]:
+    """Map aliases to names; reject unknown names and a name given twice."""
+    resolved: dict[str, object] = {}
+    given_as: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = _ALIASES.get(key, key) if isinstance(key, str) else key
+        if name not in _BY_NAME:
+            raise ConfigError(_unknown_message(key))
+        if name in resolved:
+            raise ConfigError(f"{name}: given twice, as {given_as[name]!r} and {key!r}; keep one")
+        resolved[name], given_as[name] = value, key
+    return resolved
+
+
+def _unknown_message(key: object) -> str:
+    message = f"unknown configuration variable {key!r}"
+    if isinstance(key, str):
+        candidates = {c.lower(): c for c in [*_BY_NAME, *_ALIASES]}
+        close = difflib.get_close_matches(key.lower(), list(candidates), n=1)
+        if close:
+            message += f" (did you mean {candidates[close[0]]!r}?)"
+    return message
+
+
+def takes_text(name: str) -> bool:
+    """True when ``name`` (or its alias) holds a plain string such as an id or a path."""
+    variable = _BY_NAME.get(_ALIASES.get(name, name))
+    return variable is not None and variable.type.startswith("str")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one node; see ``VARIABLES`` for each field.
+
+    Construction validates and normalises every field and raises ConfigError on the
+    first problem. ``branch_id`` given as None becomes ``trunk_id``, so an instance
+    always holds a string there.
+    """
+
+    trunk_id: str = DEFAULT_TRUNK_ID
+    branch_id: str | None = None
+    save_history: bool = DEFAULT_SAVE_HISTORY
+    replication_hosts: tuple[tuple[str, int], ...] | None = None
+    replication_channel: str | None = None
+    replication_channels: tuple[str, ...] | None = None
+    send_stomp_ack: bool = DEFAULT_SEND_STOMP_ACK
+    replication_broker: Literal["activemq", "rabbitmq", "vesper"] | None = None
+    replication_login: str | None = None
+    replication_passcode: str | None = field(default=None, repr=False)
+    replication_heartbeat_ms: int = DEFAULT_REPLICATION_HEARTBEAT_MS
+    storage_url: str | None = None
+    work_dir: str = DEFAULT_WORK_DIR
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    api_max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES
+    log_level: Literal["debug", "info", "warning", "error"] = DEFAULT_LOG_LEVEL
+
+    def __post_init__(self) -> None:
+        for variable in VARIABLES:
+            value = variable.check(variable.name, getattr(self, variable.name))
+            object.__setattr__(self, variable.name, value)
+        if self.branch_id is None:
+            object.__setattr__(self, "branch_id", self.trunk_id)
+        self._check_replication()
+
+    def _check_replication(self) -> None:
+        if self.replication_channel is not None and self.replication_channels is not None:
+            raise ConfigError(
+                "replication_channel and replication_channels are both set: "
+                "list every channel in replication_channels and remove replication_channel"
+            )
+        if self.replication_hosts is None:
+            if self.channels:
+                raise ConfigError(
+                    "a replication channel is set but replication_hosts is not: set "
+                    "replication_hosts, e.g. [('localhost', 61613)], or remove the channel"
+                )
+            return
+        if not self.save_history:
+            raise ConfigError(
+                "replication_hosts is set but save_history is False: replication needs "
+                "the revision history; set save_history = True (--save_history=True)"
+            )
+        if not self.channels:
+            raise ConfigError(
+                "replication_hosts is set without a channel: set replication_channel "
+                "(or replication_channels for a hub node)"
+            )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, object]) -> Settings:
+        """Settings from names or aliases to values, as read from a file."""
+        return cls(**resolve_names(mapping))  # type: ignore[arg-type]
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels this node replicates on; empty when replication is off."""
+        if self.replication_channels:
+            return self.replication_channels
+        return (self.replication_channel,) if self.replication_channel else ()
+
+    @property
+    def effective_storage_url(self) -> str:
+        """``storage_url``, or the SQLite file ``<work_dir>/<branch_id>.db`` when unset."""
+        if self.storage_url is not None:
+            return self.storage_url
+        # An absolute work_dir yields four slashes, the SQLAlchemy form of an absolute path.
+        return "sqlite:///" + posixpath.join(self.work_dir, f"{self.branch_id}.db")
