@@ -468,12 +468,12 @@ def test_effective_storage_url() -> None:
 @pytest.mark.parametrize(
     ("url", "location"),
     [
-        ("mem://", StorageLocation("mem")),
-        ("sqlite:///node.db", StorageLocation("sqlite", "node.db")),
-        ("sqlite:///data/node.db", StorageLocation("sqlite", "data/node.db")),
-        ("sqlite:////abs/node.db", StorageLocation("sqlite", "/abs/node.db")),
-        ("sqlite:///n.db?synchronous=full", StorageLocation("sqlite", "n.db", "full")),
-        ("sqlite:////n.db?synchronous=normal", StorageLocation("sqlite", "/n.db", "normal")),
+        ("mem://", StorageLocation(None)),
+        ("sqlite:///node.db", StorageLocation("node.db")),
+        ("sqlite:///data/node.db", StorageLocation("data/node.db")),
+        ("sqlite:////abs/node.db", StorageLocation("/abs/node.db")),
+        ("sqlite:///n.db?synchronous=full", StorageLocation("n.db", "full")),
+        ("sqlite:////n.db?synchronous=normal", StorageLocation("/n.db", "normal")),
     ],
 )
 def test_parse_storage_url(url: str, location: StorageLocation) -> None:

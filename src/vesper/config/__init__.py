@@ -5,13 +5,8 @@ its fields to everything else.
 """
 
 from vesper.config.loader import load_settings, parse_file, parse_overrides
-from vesper.config.settings import (
-    Settings,
-    StorageLocation,
-    Variable,
-    known_variables,
-    parse_storage_url,
-)
+from vesper.config.settings import Settings, Variable, known_variables
+from vesper.storage.url import StorageLocation, parse_storage_url
 
 __all__ = [
     "Settings",

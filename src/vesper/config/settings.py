@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, cast
-from urllib.parse import parse_qsl
 
 from vesper.errors import ConfigError
+from vesper.storage.url import parse_storage_url
 
 DEFAULT_TRUNK_ID: Final = "0A"
 DEFAULT_SAVE_HISTORY: Final = False
@@ -28,7 +28,6 @@ DEFAULT_LOG_LEVEL: Final = "info"
 
 BROKERS = ("activemq", "rabbitmq", "vesper")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-SYNCHRONOUS_MODES = ("normal", "full")
 MAX_PORT = 65535
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -158,41 +157,6 @@ def _check_hosts(name: str, value: object) -> tuple[tuple[str, int], ...] | None
     if len(value) == 2 and _is_int(value[1]):
         value = [value]  # one bare pair: no list of hosts can have a number as an item
     return tuple(_parse_host_port(name, item) for item in value) or None
-
-
-@dataclass(frozen=True)
-class StorageLocation:
-    """Where a ``storage_url`` points, as the storage layer needs it."""
-
-    kind: Literal["sqlite", "mem"]
-    """``"sqlite"`` for a database file, ``"mem"`` for a store that lives in memory."""
-    path: str | None = None
-    """The SQLite file, relative to the process's working directory unless absolute."""
-    synchronous: Literal["normal", "full"] | None = None
-    """SQLite ``PRAGMA synchronous`` asked for in the URL; None leaves the store's default."""
-
-
-def parse_storage_url(url: object, name: str = "storage_url") -> StorageLocation:
-    """Split a storage URL into its parts; raise ConfigError naming ``name`` if invalid."""
-    expected = "'sqlite:///relative.db', 'sqlite:////abs/path.db' or 'mem://'"
-    if url == "mem://":
-        return StorageLocation("mem")
-    if not isinstance(url, str) or not url.startswith("sqlite:///"):
-        raise _fail(name, expected, url)
-    path, _, query = url.removeprefix("sqlite:///").partition("?")
-    if not path or path.endswith("/"):
-        raise _fail(name, expected, url)
-    synchronous = None
-    if query:
-        try:
-            params = parse_qsl(query, strict_parsing=True)
-        except ValueError:
-            params = []
-        modes = [v for k, v in params if k == "synchronous" and v in SYNCHRONOUS_MODES]
-        if len(params) != 1 or len(modes) != 1:
-            raise _fail(name, f"{expected} with at most '?synchronous=normal|full'", url)
-        synchronous = cast(Literal["normal", "full"], modes[0])
-    return StorageLocation("sqlite", path, synchronous)
 
 
 def _check_storage_url(name: str, value: object) -> str | None:

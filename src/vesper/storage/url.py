@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 from vesper.errors import ConfigError
 
 SYNCHRONOUS_MODES = ("normal", "full")
+_EXPECTED = "'sqlite:///relative.db', 'sqlite:////abs/path.db' or 'mem://'"
 
 
 @dataclass(frozen=True)
 class StorageLocation:
     path: str | None
-    """Database file path, or None for an in-memory store."""
+    """Database file path (relative to the working directory unless absolute), or None
+    for an in-memory store."""
     synchronous: str = "normal"
     """SQLite ``synchronous`` pragma: ``normal`` survives a killed process, ``full`` also
     a power failure (one fsync per commit)."""
@@ -23,24 +25,26 @@ class StorageLocation:
         return self.path is None
 
 
-def parse_storage_url(url: str) -> StorageLocation:
-    if not isinstance(url, str):
-        raise ConfigError(f"storage_url: expected a string, got {type(url).__name__}")
-    base, _, query = url.partition("?")
-    options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-    unknown = set(options) - {"synchronous"}
-    if unknown:
-        raise ConfigError(
-            f"storage_url: unknown option {sorted(unknown)[0]!r} in {url!r} (known: synchronous)"
-        )
-    synchronous = options.get("synchronous", "normal").lower()
-    if synchronous not in SYNCHRONOUS_MODES:
-        raise ConfigError(f"storage_url: synchronous must be normal or full, got {synchronous!r}")
-    if base in ("mem://", "memory://", "mem:", "sqlite://", "sqlite:///:memory:"):
-        return StorageLocation(None, synchronous)
-    if base.startswith("sqlite:///") and len(base) > len("sqlite:///"):
-        return StorageLocation(base[len("sqlite:///") :], synchronous)
-    raise ConfigError(
-        f"storage_url: expected sqlite:///relative.db, sqlite:////absolute.db "
-        f"or mem://, got {url!r}"
-    )
+def parse_storage_url(url: object, name: str = "storage_url") -> StorageLocation:
+    """Split a storage URL into its parts; raise ConfigError naming ``name`` if invalid."""
+    if url == "mem://":
+        return StorageLocation(None)
+    if not isinstance(url, str) or not url.startswith("sqlite:///"):
+        raise _fail(name, _EXPECTED, url)
+    path, _, query = url.removeprefix("sqlite:///").partition("?")
+    if not path or path.endswith("/"):
+        raise _fail(name, _EXPECTED, url)
+    if not query:
+        return StorageLocation(path)
+    try:
+        params = parse_qsl(query, strict_parsing=True)
+    except ValueError:
+        params = []
+    modes = [v for k, v in params if k == "synchronous" and v in SYNCHRONOUS_MODES]
+    if len(params) != 1 or len(modes) != 1:
+        raise _fail(name, f"{_EXPECTED} with at most '?synchronous=normal|full'", url)
+    return StorageLocation(path, modes[0])
+
+
+def _fail(name: str, expected: str, value: object) -> ConfigError:
+    return ConfigError(f"{name}: expected {expected}, got {value!r}")
