@@ -118,7 +118,7 @@ class Store:
 
     def create(self, doc: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> CommitResult:
         """Create one object, or several in one changeset; ``id`` is generated if absent."""
-        docs = [doc] if isinstance(doc, Mapping) else list(doc)
+        docs = list(doc) if isinstance(doc, list | tuple) else [doc]
         return self._commit(
             [
                 object_op("create", d, where=f"object {i}" if len(docs) > 1 else "object")
