@@ -218,8 +218,7 @@ def test_malformed_changesets_are_refused_and_change_nothing(
 
 
 def test_store_refuses_another_branch_id_and_a_second_process(file_url: str) -> None:
-    with open_store(file_url, "A"):
-        with pytest.raises(StorageError, match="in use by another"):
-            open_store(file_url, "A")
+    with open_store(file_url, "A"), pytest.raises(StorageError, match="in use by another"):
+        open_store(file_url, "A")
     with pytest.raises(StorageError, match="belongs to branch 'A'"):
         open_store(file_url, "B")

@@ -21,8 +21,13 @@ from vesper.store import open_store
 
 IDS = ["a", "b", "c"]
 PROPS = ["x", "y", "z"]
-values = st.one_of(st.integers(-3, 3), st.sampled_from(["p", "q"]), st.booleans(), st.none(),
-                   st.lists(st.integers(0, 2), max_size=2))
+values = st.one_of(
+    st.integers(-3, 3),
+    st.sampled_from(["p", "q"]),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(0, 2), max_size=2),
+)
 docs = st.dictionaries(st.sampled_from(PROPS), values, max_size=3)
 patches = st.dictionaries(st.sampled_from(PROPS), values, min_size=1, max_size=3)
 
@@ -47,12 +52,16 @@ def oracle(history: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], se
             obj = change["id"]
             if "exists" in change:
                 writes.setdefault((obj, None), []).append(
-                    (origin, counter, body["hlc"], base, change["exists"]))
+                    (origin, counter, body["hlc"], base, change["exists"])
+                )
             for name, value in change.get("set", {}).items():
-                writes.setdefault((obj, name), []).append((origin, counter, body["hlc"], base, value))
+                writes.setdefault((obj, name), []).append(
+                    (origin, counter, body["hlc"], base, value)
+                )
             for name in change.get("unset", []):
                 writes.setdefault((obj, name), []).append(
-                    (origin, counter, body["hlc"], base, "<absent>"))
+                    (origin, counter, body["hlc"], base, "<absent>")
+                )
     objects: dict[str, dict[str, Any]] = {}
     exists: dict[str, bool] = {}
     conflicted = set()
@@ -72,8 +81,9 @@ def oracle(history: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], se
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), n=st.integers(3, 5), seed=st.integers(0, 2**32))
-def test_replicas_converge_whatever_the_delivery_order(data: st.DataObject, n: int,
-                                                       seed: int) -> None:
+def test_replicas_converge_whatever_the_delivery_order(
+    data: st.DataObject, n: int, seed: int
+) -> None:
     rng = random.Random(seed)
     stores = [open_store("mem://", f"R{i}") for i in range(n)]
     history: list[dict[str, Any]] = []
