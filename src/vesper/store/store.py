@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,6 +34,9 @@ from vesper.store import history as history_queries
 from vesper.store.ops import Op, fold, object_op, parse_op, update_op
 from vesper.store.pending import PendingIndex
 from vesper.store.query import Where, iter_objects, parse_where
+
+if TYPE_CHECKING:
+    from vesper.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -481,3 +484,14 @@ def open_store(
     """Open (creating if needed) a store. ``storage_url``: ``sqlite:///file.db`` or
     ``mem://``."""
     return Store(storage_url, branch_id, save_history, outbox)
+
+
+def open_store_from_settings(settings: Settings) -> Store:
+    """Open the store a node's configuration describes (``storage_url``, ``branch_id``,
+    ``save_history``; the outbox is kept when replication is configured)."""
+    return Store(
+        settings.effective_storage_url,
+        settings.branch_id or settings.trunk_id,
+        settings.save_history,
+        outbox=bool(settings.replication_hosts),
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from vesper.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``vesper`` command: one module per subcommand, each with add_arguments/run."""
