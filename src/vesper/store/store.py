@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -89,6 +89,7 @@ class Store:
             self.db.close()
             raise
         self._digest_cache: tuple[str, str] | None = None
+        self._commit_listeners: list[Callable[[CommitResult], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -175,7 +176,15 @@ class Store:
                 if self.outbox_enabled:
                     conn.execute("INSERT INTO outbox(seq) VALUES (?)", (seq,))
             self._save_state(conn)
-        return CommitResult(body["revision"], [op.id for op in ops], body["id"])
+        result = CommitResult(body["revision"], [op.id for op in ops], body["id"])
+        for listener in self._commit_listeners:
+            listener(result)
+        return result
+
+    def add_commit_listener(self, listener: Callable[[CommitResult], None]) -> None:
+        """Call ``listener`` after every local commit (outside the store's lock; it must
+        not block: the replication sender uses it to wake up)."""
+        self._commit_listeners.append(listener)
 
     # -- remote changesets ---------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Replication over STOMP: outbox sender, apply worker, catch-up, failover."""

@@ -1,0 +1,57 @@
+"""What each broker needs, in one place (see BROKERS.md in the project notes).
+
+The product is read from the CONNECTED frame's ``server`` header unless the
+``replication_broker`` setting names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFETCH = 1000
+"""Unacknowledged messages a broker may push to one subscription (flow control)."""
+
+
+@dataclass(frozen=True)
+class BrokerProfile:
+    name: str
+    """activemq, rabbitmq, vesper or unknown."""
+    server: str
+    """The CONNECTED frame's ``server`` header, for status."""
+
+    def durable_topic_headers(self, branch_id: str, channel: str) -> dict[str, str]:
+        """SUBSCRIBE headers for this node's durable subscription to a channel topic.
+
+        ActiveMQ keys durable subscriptions on (client-id, subscriptionName); RabbitMQ
+        on the subscription id, with durable:true and auto-delete:false (otherwise the
+        queue is deleted on disconnect). The embedded broker takes either; headers of
+        the other style are harmless elsewhere, but we send only what each needs.
+        """
+        headers = {"activemq.prefetchSize": str(PREFETCH), "prefetch-count": str(PREFETCH)}
+        if self.name in ("activemq", "unknown"):
+            headers["activemq.subscriptionName"] = f"vesper-{channel}-{branch_id}"
+        if self.name in ("rabbitmq", "vesper", "unknown"):
+            headers.update({"durable": "true", "auto-delete": "false"})
+        return headers
+
+    def queue_headers(self) -> dict[str, str]:
+        # Queues are durable on every broker by default (RabbitMQ declares /queue/
+        # destinations durable and not auto-deleted).
+        return {"activemq.prefetchSize": str(PREFETCH), "prefetch-count": str(PREFETCH)}
+
+
+def detect(server: str | None, configured: str | None = None) -> BrokerProfile:
+    server = server or ""
+    if configured:
+        return BrokerProfile(configured, server)
+    lowered = server.lower()
+    for name in ("activemq", "rabbitmq", "vesper"):
+        if lowered.startswith(name):
+            return BrokerProfile(name, server)
+    return BrokerProfile("unknown", server)
+
+
+def client_id(branch_id: str) -> str:
+    """The CONNECT ``client-id``: stable per node, so ActiveMQ resumes its durable
+    subscriptions after a restart."""
+    return f"vesper-{branch_id}"

@@ -1,0 +1,290 @@
+"""Anti-entropy: nodes announce their revision; a node that stays behind asks a peer.
+
+Convergence must not depend on the broker keeping every message (a broker crash, a
+failover to another broker, ``send_stomp_ack = False``, a node that was never
+subscribed). So every node announces its version vector on the channel's sync topic
+when it connects and every few seconds. A node that sees a peer holding changesets it
+lacks, and still lacks them a grace period later (they were not merely in flight), sends
+that peer a request on the peer's queue; the peer answers with every changeset the
+asker lacks, from its own history, in causal order, in batches on the asker's queue.
+Any node can answer for any origin, so a new empty node bootstraps the whole store this
+way. One request is outstanding at a time, so peers do not all answer at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from vesper.history.revision import dominates, format_revision, parse_revision
+from vesper.replication import wire
+from vesper.replication.stats import Stats
+from vesper.store import Store
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_INTERVAL_S = 5.0
+GRACE_S = 2.0
+REQUEST_TIMEOUT_S = 30.0
+REQUEST_MAX_AGE_S = 60.0
+ANSWER_BATCH = 500
+ANSWER_BATCH_BYTES = 512 * 1024
+PROGRESS_LOG_S = 5.0
+
+
+@dataclass
+class Peer:
+    revision: dict[str, int]
+    seen: float
+    """Monotonic time of its last announcement."""
+    behind_since: float | None = None
+    """When we first saw it hold something we lack (None: we have all it has)."""
+    behind_snapshot: dict[str, int] = field(default_factory=dict)
+    """Its revision at ``behind_since``: what must arrive before the grace runs out."""
+    wall: str = ""
+
+
+@dataclass
+class Request:
+    peer: str
+    request_id: str
+    sent: float
+    expected: int
+    received: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+    last_log: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
+
+
+class AntiEntropy:
+    def __init__(self, store: Store, branch_id: str, channel: str, stats: Stats, send: Any) -> None:
+        self._store = store
+        self._branch_id = branch_id
+        self._channel = channel
+        self._stats = stats
+        self._send = send  # send(destination, body, headers) on the current link
+        self._lock = threading.Lock()
+        self.peers: dict[str, Peer] = {}
+        self.request: Request | None = None
+        self._last_announce = 0.0
+        self._answering: set[str] = set()
+        self._last_revision = ""
+        self._last_change = time.monotonic()
+
+    # -- announcing ----------------------------------------------------------------
+
+    def announce(self) -> None:
+        self._last_announce = time.monotonic()
+        body = {"type": wire.ANNOUNCE, "branch": self._branch_id, "revision": self._store.revision}
+        self._send(
+            wire.sync_topic(self._channel),
+            wire.encode(body),
+            {wire.CLIENTID: self._branch_id, wire.TYPE: wire.ANNOUNCE},
+        )
+
+    def tick(self) -> None:
+        """Periodic work (supervisor thread): announce, time out, re-check peers."""
+        now = time.monotonic()
+        if now - self._last_announce >= ANNOUNCE_INTERVAL_S:
+            self.announce()
+        with self._lock:
+            req = self.request
+            if req is not None and now - req.last_progress > REQUEST_TIMEOUT_S:
+                log.warning(
+                    "catch-up from %s timed out after %d of ~%d changesets",
+                    req.peer,
+                    req.received,
+                    req.expected,
+                )
+                self.request = None
+            elif req is not None and now - req.last_log >= PROGRESS_LOG_S:
+                req.last_log = now
+                rate = req.received / max(now - req.started, 1e-3)
+                log.info(
+                    "catch-up from %s: %d of ~%d changesets (%.0f/s)",
+                    req.peer,
+                    req.received,
+                    req.expected,
+                    rate,
+                )
+        self._maybe_request(now)
+
+    def on_connected(self) -> None:
+        with self._lock:
+            self.request = None
+            for peer in self.peers.values():
+                peer.behind_since = None
+        self.announce()
+
+    # -- peers ---------------------------------------------------------------------
+
+    def on_announce(self, body: dict[str, Any]) -> None:
+        branch = body.get("branch")
+        if not isinstance(branch, str) or branch == self._branch_id:
+            return
+        revision = parse_revision(body.get("revision", ""))
+        now = time.monotonic()
+        with self._lock:
+            peer = self.peers.get(branch)
+            new = peer is None
+            if peer is None:
+                peer = self.peers[branch] = Peer(revision, now)
+            peer.revision, peer.seen = revision, now
+            peer.wall = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if new:
+            # A node we have not heard from: tell it where we are right away, so a
+            # new node learns what to ask for without waiting for the next interval.
+            self.announce()
+        self._maybe_request(now)
+
+    def lag(self, peer: Peer, have: dict[str, int]) -> int:
+        return sum(max(0, c - have.get(o, 0)) for o, c in peer.revision.items())
+
+    def _maybe_request(self, now: float) -> None:
+        """Ask a peer for what we lack once waiting no longer looks like it helps.
+
+        A peer's announcement often shows changesets still in flight to us, so a
+        request waits until what the peer had ``GRACE_S`` ago is still missing and,
+        besides, either nothing has been applied for a while (no backlog is streaming
+        in) or changesets wait as pending (a gap the broker will not fill). An empty
+        node asks at once.
+        """
+        have = self._store.version_vector
+        revision = format_revision(have)
+        if revision != self._last_revision:
+            self._last_revision, self._last_change = revision, now
+        stalled = now - self._last_change >= GRACE_S / 2 or self._store.pending_count > 0
+        candidate: tuple[int, str] | None = None
+        with self._lock:
+            for branch, peer in self.peers.items():
+                if dominates(have, peer.revision):
+                    peer.behind_since = None
+                    continue
+                if peer.behind_since is None or dominates(have, peer.behind_snapshot):
+                    peer.behind_since, peer.behind_snapshot = now, dict(peer.revision)
+                waited = now - peer.behind_since >= GRACE_S
+                if (waited and stalled) or not have:
+                    lag = self.lag(peer, have)
+                    if candidate is None or lag > candidate[0]:
+                        candidate = (lag, branch)
+            if candidate is None or self.request is not None:
+                return
+            lag, branch = candidate
+            self.request = Request(branch, uuid.uuid4().hex, now, lag)
+            request_id = self.request.request_id
+        log.info("asking %s for ~%d changesets this node lacks", branch, lag)
+        body = {
+            "type": wire.REQUEST,
+            "branch": self._branch_id,
+            "since": revision,
+            "request_id": request_id,
+            "time_ms": int(time.time() * 1000),
+        }
+        self._stats.catchup_requests_sent += 1
+        self._send(
+            wire.node_queue(self._channel, branch),
+            wire.encode(body),
+            {wire.CLIENTID: self._branch_id, wire.TYPE: wire.REQUEST},
+        )
+
+    def on_catchup(self, headers: dict[str, str], applied: int) -> None:
+        """A catch-up batch was applied (apply worker thread)."""
+        self._stats.catchup_changesets_received += applied
+        with self._lock:
+            req = self.request
+            if req is None or headers.get(wire.REQUEST_ID) != req.request_id:
+                return
+            req.received += applied
+            req.last_progress = time.monotonic()
+            if headers.get(wire.LAST) == "true":
+                took = time.monotonic() - req.started
+                log.info(
+                    "catch-up from %s done: %d changesets in %.1f s", req.peer, req.received, took
+                )
+                self.request = None
+                for peer in self.peers.values():
+                    peer.behind_since = None
+
+    # -- answering -----------------------------------------------------------------
+
+    def on_request(self, body: dict[str, Any]) -> None:
+        """Answer on a thread of its own: the answer may be the whole history."""
+        asker = body.get("branch")
+        if not isinstance(asker, str) or asker == self._branch_id:
+            return
+        if time.time() * 1000 - body.get("time_ms", 0) > REQUEST_MAX_AGE_S * 1000:
+            return  # queued while we were away; the asker has moved on
+        since = parse_revision(body.get("since", ""))
+        request_id = str(body.get("request_id", ""))
+        with self._lock:
+            if asker in self._answering:
+                return
+            self._answering.add(asker)
+        threading.Thread(
+            target=self._answer,
+            args=(asker, since, request_id),
+            name=f"vesper-answer-{asker}",
+            daemon=True,
+        ).start()
+
+    def _answer(self, asker: str, since: dict[str, int], request_id: str) -> None:
+        try:
+            destination = wire.node_queue(self._channel, asker)
+            headers = {
+                wire.CLIENTID: self._branch_id,
+                wire.TYPE: wire.CATCHUP,
+                wire.REQUEST_ID: request_id,
+                "persistent": "true",
+            }
+            batch: list[bytes] = []
+            size = sent = 0
+            for changeset in self._store.changesets(since=since):
+                if changeset["origin"] == asker:
+                    continue  # it has its own history
+                encoded = wire.encode(changeset)
+                if batch and (
+                    len(batch) >= ANSWER_BATCH or size + len(encoded) > ANSWER_BATCH_BYTES
+                ):
+                    self._send(destination, b"[" + b",".join(batch) + b"]", headers)
+                    batch, size = [], 0
+                batch.append(encoded)
+                size += len(encoded)
+                sent += 1
+            self._send(destination, b"[" + b",".join(batch) + b"]", {**headers, wire.LAST: "true"})
+            self._stats.catchup_requests_answered += 1
+            log.info("answered %s's catch-up request with %d changesets", asker, sent)
+        except Exception:
+            log.exception("answering %s's catch-up request failed", asker)
+        finally:
+            with self._lock:
+                self._answering.discard(asker)
+
+    def status(self) -> dict[str, Any]:
+        have = self._store.version_vector
+        now = time.monotonic()
+        with self._lock:
+            peers = {
+                b: {
+                    "revision": format_revision(p.revision),
+                    "lag": self.lag(p, have),
+                    "last_seen": p.wall,
+                    "seconds_since_seen": round(now - p.seen, 1),
+                }
+                for b, p in sorted(self.peers.items())
+            }
+            req = self.request
+            catchup = (
+                None
+                if req is None
+                else {
+                    "peer": req.peer,
+                    "received": req.received,
+                    "expected": req.expected,
+                    "seconds": round(now - req.started, 1),
+                }
+            )
+        return {"peers": peers, "catchup": catchup}

@@ -1,0 +1,167 @@
+"""One STOMP connection to one broker of the list, over stomp.py.
+
+stomp.py neither reconnects nor re-subscribes by itself, and calls listeners on its
+receiver thread, where nothing may block (waiting for a receipt there deadlocks). So
+this class only translates: frames go to the callbacks given, which must hand work to
+other threads; the replication service decides when to reconnect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import stomp
+import stomp.exception
+
+from vesper.replication.brokers import BrokerProfile, client_id, detect
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A MESSAGE frame as the apply worker needs it."""
+
+    headers: dict[str, str]
+    body: bytes
+    generation: int
+    """Which connection delivered it: acknowledgements go only to that one."""
+
+
+class LinkError(Exception):
+    pass
+
+
+class StompLink(stomp.ConnectionListener):
+    def __init__(
+        self,
+        host: tuple[str, int],
+        branch_id: str,
+        *,
+        generation: int,
+        login: str | None,
+        passcode: str | None,
+        heartbeat_ms: int,
+        broker: str | None,
+        on_message: Callable[[Delivery], None],
+        on_receipt: Callable[[str], None],
+        on_lost: Callable[[StompLink], None],
+    ) -> None:
+        self.host = host
+        self.generation = generation
+        self._branch_id = branch_id
+        self._login = login
+        self._passcode = passcode
+        self._configured_broker = broker
+        self._on_message = on_message
+        self._on_receipt = on_receipt
+        self._on_lost = on_lost
+        self._lost = False
+        self._acked_subscriptions: set[str] = set()
+        self._connected_frame = threading.Event()
+        self.profile: BrokerProfile | None = None
+        self.error: str | None = None
+        self.conn = stomp.Connection12(
+            host_and_ports=[host],
+            reconnect_attempts_max=1,
+            timeout=CONNECT_TIMEOUT_S,
+            heartbeats=(heartbeat_ms, heartbeat_ms),
+            # RabbitMQ wants the vhost in CONNECT's host header; others ignore it.
+            vhost="/",
+            auto_decode=False,
+        )
+        self.conn.set_listener("vesper", self)
+
+    def connect(self) -> BrokerProfile:
+        try:
+            self.conn.connect(
+                self._login,
+                self._passcode,
+                wait=True,
+                headers={"client-id": client_id(self._branch_id)},
+            )
+        except (stomp.exception.StompException, OSError) as exc:
+            self.close()
+            raise LinkError(self.error or f"{type(exc).__name__}: {exc}") from None
+        # stomp.py wakes connect() before it calls on_connected: wait for the profile.
+        if not self._connected_frame.wait(CONNECT_TIMEOUT_S) or not self.conn.is_connected():
+            self.close()
+            raise LinkError(self.error or "connection closed during CONNECT")
+        assert self.profile is not None
+        return self.profile
+
+    @property
+    def address(self) -> str:
+        return f"{self.host[0]}:{self.host[1]}"
+
+    @property
+    def connected(self) -> bool:
+        return not self._lost and self.conn.is_connected()
+
+    def subscribe(self, destination: str, sub_id: str, ack: str, headers: dict[str, str]) -> None:
+        self.conn.subscribe(destination, sub_id, ack=ack, headers=headers)
+        if ack != "auto":
+            self._acked_subscriptions.add(sub_id)
+
+    def send(
+        self, destination: str, body: bytes, headers: dict[str, str], receipt: str | None = None
+    ) -> None:
+        if receipt is not None:
+            headers = {**headers, "receipt": receipt}
+        self.conn.send(destination, body, content_type="application/json", headers=headers)
+
+    def ack(self, headers: dict[str, str]) -> None:
+        if headers.get("subscription") not in self._acked_subscriptions:
+            return  # an auto-acknowledged subscription: an ACK would be an error
+        # STOMP 1.2: ACK carries the MESSAGE's ``ack`` header as its id.
+        self.conn.ack(headers.get("ack") or headers["message-id"])
+
+    def close(self) -> None:
+        self._lost = True
+        try:
+            if self.conn.is_connected():
+                self.conn.disconnect()
+        except Exception:
+            pass
+        with contextlib.suppress(Exception):
+            self.conn.transport.stop()
+
+    # -- stomp.py callbacks (receiver thread: never block) ---------------------------
+
+    def on_connected(self, frame: Any) -> None:
+        self.profile = detect(frame.headers.get("server"), self._configured_broker)
+        self._connected_frame.set()
+
+    def on_message(self, frame: Any) -> None:
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        self._on_message(Delivery(frame.headers, body, self.generation))
+
+    def on_receipt(self, frame: Any) -> None:
+        receipt = frame.headers.get("receipt-id")
+        if receipt:
+            self._on_receipt(receipt)
+
+    def on_error(self, frame: Any) -> None:
+        message = frame.headers.get("message", "")
+        body = frame.body.decode(errors="replace") if isinstance(frame.body, bytes) else ""
+        self.error = f"broker error: {message} {body.strip()[:200]}".strip()
+        log.warning("%s: %s", self.address, self.error)
+
+    def on_disconnected(self) -> None:
+        self._lost_once()
+
+    def on_heartbeat_timeout(self) -> None:
+        log.warning("%s: heart-beat timeout", self.address)
+        self._lost_once()
+
+    def _lost_once(self) -> None:
+        if not self._lost:
+            self._lost = True
+            self._on_lost(self)

@@ -1,0 +1,177 @@
+"""Applies what the broker delivers, then acknowledges it.
+
+stomp.py hands frames over on its receiver thread; they queue here and one worker
+thread applies them in batches, many changesets per SQLite transaction (group commit),
+and only then acknowledges the messages: an acknowledged changeset is applied or stored
+as pending, durably. A message that is not valid is counted, logged and acknowledged
+(quarantined), so it can never block the subscription.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from vesper.errors import InvalidChangeset, VesperError
+from vesper.history.changeset import Changeset, parse_changeset
+from vesper.replication import wire
+from vesper.replication.catchup import AntiEntropy
+from vesper.replication.link import Delivery, StompLink
+from vesper.replication.stats import Stats
+from vesper.store import Store
+
+log = logging.getLogger(__name__)
+
+QUEUE_MAX = 20_000
+BATCH_CHANGESETS = 2_000
+RETRY_S = 1.0
+
+
+class ApplyWorker:
+    def __init__(
+        self,
+        store: Store,
+        branch_id: str,
+        stats: Stats,
+        anti_entropy: AntiEntropy,
+        ack: bool,
+        current_link: Callable[[], StompLink | None],
+    ) -> None:
+        self._store = store
+        self._branch_id = branch_id
+        self._stats = stats
+        self._anti_entropy = anti_entropy
+        self._ack = ack
+        self._current_link = current_link
+        self._queue: queue.Queue[Delivery | None] = queue.Queue(QUEUE_MAX)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.quarantined: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vesper-apply", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Receiver thread: hand over. Blocks only when the worker is far behind,
+        which pushes back on the broker through TCP rather than growing memory."""
+        self._queue.put(delivery)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            count = 0
+            while count < BATCH_CHANGESETS:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stopping = True
+                    break
+                batch.append(item)
+                count += 1
+            try:
+                self._process(batch)
+            except Exception:
+                log.exception("apply worker failed on a batch of %d messages", len(batch))
+
+    def _process(self, batch: list[Delivery]) -> None:
+        changesets: list[Changeset] = []
+        catchups: list[tuple[dict[str, str], int]] = []
+        for delivery in batch:
+            self._stats.messages_received += 1
+            self._stats.last_message_received = (
+                datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            )
+            kind = delivery.headers.get(wire.TYPE, wire.CHANGESETS)
+            try:
+                if kind == wire.ANNOUNCE:
+                    self._anti_entropy.on_announce(wire.decode_object(delivery.body))
+                elif kind == wire.REQUEST:
+                    self._anti_entropy.on_request(wire.decode_object(delivery.body))
+                elif kind == wire.CATCHUP:
+                    parsed = self._changesets(delivery, check_origin=False)
+                    changesets.extend(parsed)
+                    catchups.append((delivery.headers, len(parsed)))
+                else:
+                    changesets.extend(self._changesets(delivery, check_origin=True))
+            except (ValueError, VesperError) as exc:
+                self._quarantine(delivery, str(exc))
+        if changesets:
+            self._apply(changesets)
+        for headers, n in catchups:
+            self._anti_entropy.on_catchup(headers, n)
+        self._acknowledge(batch)
+
+    def _changesets(self, delivery: Delivery, check_origin: bool) -> list[Changeset]:
+        sender = delivery.headers.get(wire.CLIENTID)
+        if check_origin and sender == self._branch_id:
+            return []  # our own, back from the topic
+        out = []
+        for raw in wire.decode_changesets(delivery.body):
+            origin = raw.get("origin") if isinstance(raw, dict) else None
+            if origin == self._branch_id:
+                continue
+            if check_origin and origin != sender:
+                raise InvalidChangeset(
+                    f"origin {origin!r} does not match the clientid header {sender!r}"
+                )
+            out.append(parse_changeset(raw, self._branch_id))
+        return out
+
+    def _apply(self, changesets: list[Changeset]) -> None:
+        self._stats.changesets_received += len(changesets)
+        while True:
+            try:
+                self._store.apply_parsed(changesets)
+                return
+            except VesperError as exc:
+                if not exc.retryable or self._stopping:
+                    raise
+                # Disk full, database locked: keep the messages unacknowledged and try
+                # again rather than drop what the broker entrusted to us.
+                log.error("applying %d changesets failed (%s); retrying", len(changesets), exc)
+                time.sleep(RETRY_S)
+
+    def _quarantine(self, delivery: Delivery, reason: str) -> None:
+        self._stats.receive_errors += 1
+        entry = {
+            "reason": reason,
+            "headers": dict(delivery.headers),
+            "body": delivery.body[:500].decode(errors="replace"),
+        }
+        self.quarantined = [*self.quarantined[-99:], entry]
+        log.warning("rejected message from %s: %s", delivery.headers.get(wire.CLIENTID), reason)
+
+    def _acknowledge(self, batch: list[Delivery]) -> None:
+        if not self._ack:
+            return
+        link = self._current_link()
+        if link is None:
+            return
+        for delivery in batch:
+            if delivery.generation != link.generation:
+                continue  # that connection is gone; the broker redelivers
+            try:
+                link.ack(delivery.headers)
+            except Exception:
+                return
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()

@@ -1,0 +1,158 @@
+"""Drains the store's outbox to the broker.
+
+The outbox row is written in the commit's own transaction; it leaves only when the
+broker's RECEIPT for the SEND that carried it arrives (a receipt for a persistent SEND
+comes after the broker stored it). Sends are pipelined: up to ``MAX_IN_FLIGHT``
+messages wait for receipts at once. After a reconnect everything still in the outbox is
+sent again; receivers drop the duplicates. A backlog travels several changesets per
+message, past the broker's per-message ceiling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+from vesper.replication import wire
+from vesper.replication.link import StompLink
+from vesper.replication.stats import Stats
+from vesper.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 200
+BATCH_CHANGESETS = 100
+BATCH_BYTES = 256 * 1024
+IDLE_WAKE_S = 1.0
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        store: Store,
+        channels: tuple[str, ...],
+        branch_id: str,
+        stats: Stats,
+        current_link: Callable[[], StompLink | None],
+    ) -> None:
+        self._store = store
+        self._channels = channels
+        self._branch_id = branch_id
+        self._stats = stats
+        self._current_link = current_link
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, list[int]] = {}
+        self._confirmed: deque[str] = deque()
+        self._sent_upto = 0
+        self._generation = -1
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vesper-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def receipt(self, receipt_id: str) -> None:
+        """A RECEIPT arrived (receiver thread): confirm on the sender thread."""
+        self._confirmed.append(receipt_id)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(IDLE_WAKE_S)
+            self._wake.clear()
+            try:
+                self._confirm()
+                self._send_some()
+            except Exception:
+                self._stats.send_errors += 1
+                log.exception("replication sender failed; retrying")
+                self._stop.wait(1.0)
+
+    def _confirm(self) -> None:
+        seqs: list[int] = []
+        while self._confirmed:
+            receipt_id = self._confirmed.popleft()
+            with self._lock:
+                seqs.extend(self._in_flight.pop(receipt_id, ()))
+        if seqs:
+            self._store.outbox_confirm(seqs)
+
+    def _send_some(self) -> None:
+        link = self._current_link()
+        if link is None or not link.connected:
+            return
+        if link.generation != self._generation:
+            # New connection: receipts of the old one will never come; resend all.
+            with self._lock:
+                self._in_flight.clear()
+            self._sent_upto = 0
+            self._generation = link.generation
+        while not self._stop.is_set():
+            with self._lock:
+                room = MAX_IN_FLIGHT - len(self._in_flight)
+            if room <= 0:
+                return
+            rows = self._store.outbox_peek(limit=room * BATCH_CHANGESETS, after_seq=self._sent_upto)
+            if not rows:
+                return
+            for batch in _batches(rows):
+                self._send_batch(link, batch)
+                self._sent_upto = batch[-1][0]
+
+    def _send_batch(self, link: StompLink, batch: list[tuple[int, str]]) -> None:
+        if len(batch) == 1:
+            body = batch[0][1].encode()
+        else:
+            body = b"[" + b",".join(text.encode() for _, text in batch) + b"]"
+        receipt = uuid.uuid4().hex
+        with self._lock:
+            self._in_flight[receipt] = [seq for seq, _ in batch]
+        headers = {wire.CLIENTID: self._branch_id, "persistent": "true", wire.TYPE: wire.CHANGESETS}
+        try:
+            for channel in self._channels:
+                link.send(
+                    wire.topic(channel),
+                    body,
+                    headers,
+                    receipt=receipt if channel == self._channels[-1] else None,
+                )
+        except Exception:
+            with self._lock:
+                self._in_flight.pop(receipt, None)
+            self._stats.send_errors += 1
+            raise
+        self._stats.messages_sent += 1
+        self._stats.changesets_sent += len(batch)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+
+def _batches(rows: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    out: list[list[tuple[int, str]]] = []
+    current: list[tuple[int, str]] = []
+    size = 0
+    for row in rows:
+        if current and (len(current) >= BATCH_CHANGESETS or size + len(row[1]) > BATCH_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += len(row[1])
+    if current:
+        out.append(current)
+    return out

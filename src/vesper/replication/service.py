@@ -1,0 +1,252 @@
+"""The replication service of one node: connection, failover, subscriptions, and the
+sender, apply worker and anti-entropy working together.
+
+A supervisor thread owns the connection. It connects to the first reachable broker of
+``replication_hosts`` (starting after the one that failed last), subscribes, and on any
+loss reconnects with exponential backoff and jitter, going round the list. Local reads
+and writes never wait for any of this: commits land in the outbox and are sent when a
+broker is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from vesper.replication import wire
+from vesper.replication.brokers import BrokerProfile
+from vesper.replication.catchup import AntiEntropy
+from vesper.replication.link import LinkError, StompLink
+from vesper.replication.receiver import ApplyWorker
+from vesper.replication.sender import OutboxSender
+from vesper.replication.stats import Stats
+from vesper.store import Store
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_S = 0.2
+BACKOFF_MAX_S = 10.0
+TICK_S = 0.5
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    branch_id: str
+    hosts: tuple[tuple[str, int], ...]
+    channels: tuple[str, ...]
+    send_ack: bool = True
+    broker: str | None = None
+    login: str | None = None
+    passcode: str | None = None
+    heartbeat_ms: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ReplicationConfig:
+        return cls(
+            branch_id=settings.branch_id or settings.trunk_id,
+            hosts=tuple(settings.replication_hosts or ()),
+            channels=tuple(settings.channels),
+            send_ack=settings.send_stomp_ack,
+            broker=settings.replication_broker,
+            login=settings.replication_login,
+            passcode=settings.replication_passcode,
+            heartbeat_ms=settings.replication_heartbeat_ms,
+        )
+
+
+class ReplicationService:
+    def __init__(self, store: Store, config: ReplicationConfig) -> None:
+        if not store.save_history:
+            raise ValueError("replication needs save_history = True")
+        if not config.hosts or not config.channels:
+            raise ValueError("replication needs replication_hosts and a channel")
+        self.store = store
+        self.config = config
+        self.stats = Stats()
+        self._link: StompLink | None = None
+        self._generation = 0
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._next_host = 0
+        self.profile: BrokerProfile | None = None
+        # Catch-up runs on the first channel: every node of a channel shares it.
+        self.anti_entropy = AntiEntropy(
+            store, config.branch_id, config.channels[0], self.stats, self._send
+        )
+        self.sender = OutboxSender(
+            store, config.channels, config.branch_id, self.stats, self.current_link
+        )
+        self.worker = ApplyWorker(
+            store,
+            config.branch_id,
+            self.stats,
+            self.anti_entropy,
+            config.send_ack,
+            self.current_link,
+        )
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.store.add_commit_listener(self.sender.wake)
+        self.worker.start()
+        self.sender.start()
+        self._thread = threading.Thread(
+            target=self._supervise, name="vesper-replication", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._lost.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.sender.stop()
+        self.worker.stop()
+        link = self._link
+        self._link = None
+        if link is not None:
+            link.close()
+
+    def current_link(self) -> StompLink | None:
+        return self._link
+
+    def _send(self, destination: str, body: bytes, headers: dict[str, str]) -> None:
+        link = self._link
+        if link is None or not link.connected:
+            return
+        link.send(destination, body, headers)
+        self.stats.messages_sent += 1
+
+    # -- connection ----------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        delay = BACKOFF_INITIAL_S
+        while not self._stop.is_set():
+            if self._link is None or not self._link.connected:
+                if self._connect_any():
+                    delay = BACKOFF_INITIAL_S
+                else:
+                    # Jitter spreads reconnects of many nodes after a broker restart.
+                    self._stop.wait(delay * random.uniform(0.5, 1.5))
+                    delay = min(delay * 2, BACKOFF_MAX_S)
+                    continue
+            self._lost.wait(TICK_S)
+            if self._lost.is_set():
+                self._lost.clear()
+                continue
+            try:
+                self.anti_entropy.tick()
+            except Exception:
+                log.exception("anti-entropy tick failed")
+
+    def _connect_any(self) -> bool:
+        hosts = self.config.hosts
+        for i in range(len(hosts)):
+            index = (self._next_host + i) % len(hosts)
+            if self._stop.is_set():
+                return False
+            if self._connect(hosts[index]):
+                self._next_host = index
+                return True
+        return False
+
+    def _connect(self, host: tuple[str, int]) -> bool:
+        old = self._link
+        self._link = None
+        if old is not None:
+            old.close()
+            self._next_host += 1  # start the next round after the broker that failed
+        self._generation += 1
+        link = StompLink(
+            host,
+            self.config.branch_id,
+            generation=self._generation,
+            login=self.config.login,
+            passcode=self.config.passcode,
+            heartbeat_ms=self.config.heartbeat_ms,
+            broker=self.config.broker,
+            on_message=self.worker.deliver,
+            on_receipt=self.sender.receipt,
+            on_lost=self._on_lost,
+        )
+        try:
+            profile = link.connect()
+            self._subscribe(link, profile)
+        except (LinkError, Exception) as exc:
+            log.warning("cannot replicate through %s:%d: %s", host[0], host[1], exc)
+            link.close()
+            return False
+        self.profile = profile
+        self._link = link
+        log.info(
+            "replicating through %s (%s) on %s",
+            link.address,
+            profile.server or profile.name,
+            ", ".join(self.config.channels),
+        )
+        self.anti_entropy.on_connected()
+        self.sender.wake()
+        return True
+
+    def _subscribe(self, link: StompLink, profile: BrokerProfile) -> None:
+        ack = "client-individual" if self.config.send_ack else "auto"
+        branch = self.config.branch_id
+        for channel in self.config.channels:
+            link.subscribe(
+                wire.topic(channel),
+                f"vesper-{channel}-{branch}",
+                ack,
+                profile.durable_topic_headers(branch, channel),
+            )
+        channel = self.config.channels[0]
+        # Announcements are only useful live: a plain (non-durable) subscription.
+        link.subscribe(wire.sync_topic(channel), f"vesper-sync-{channel}-{branch}", "auto", {})
+        link.subscribe(
+            wire.node_queue(channel, branch),
+            f"vesper-queue-{channel}-{branch}",
+            ack,
+            profile.queue_headers(),
+        )
+
+    def _on_lost(self, link: StompLink) -> None:
+        if link is self._link:
+            log.warning(
+                "lost connection to broker %s: %s", link.address, link.error or "disconnected"
+            )
+            self._lost.set()
+
+    # -- status --------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        link = self._link
+        s = self.stats
+        connected = link is not None and link.connected
+        out: dict[str, Any] = {
+            "enabled": True,
+            "connected": link.address if connected and link is not None else None,
+            "channel": self.config.channels[0],
+            "channels": list(self.config.channels),
+            "broker": self.profile.server if self.profile else None,
+            "broker_kind": self.profile.name if self.profile else None,
+            "send_stomp_ack": self.config.send_ack,
+            "messages_sent": s.messages_sent,
+            "messages_received": s.messages_received,
+            "changesets_sent": s.changesets_sent,
+            "changesets_received": s.changesets_received,
+            "send_errors": s.send_errors,
+            "receive_errors": s.receive_errors,
+            "outbox": self.store.outbox_count,
+            "pending": self.store.pending_count,
+            "last_message_received": s.last_message_received,
+            "apply_backlog": self.worker.backlog,
+            "catchup_requests_sent": s.catchup_requests_sent,
+            "catchup_requests_answered": s.catchup_requests_answered,
+            "catchup_changesets_received": s.catchup_changesets_received,
+        }
+        out.update(self.anti_entropy.status())
+        return out
