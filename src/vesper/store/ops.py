@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vesper.document.patch import merge_patch
@@ -28,7 +29,14 @@ class Op:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A 32-hex-digit id in the UUIDv7 layout: 48 bits of Unix milliseconds, then
+    random bits. Ids made later sort later, so bulk inserts append to the B-trees
+    instead of touching random pages (and listings come out in creation order)."""
+    ms = time.time_ns() // 1_000_000
+    value = (ms & (2**48 - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | (0x7 << 76)  # version 7
+    value = value & ~(0x3 << 62) | (0x2 << 62)  # RFC 4122 variant
+    return f"{value:032x}"
 
 
 def parse_op(raw: object, where: str = "op") -> Op:
@@ -97,16 +105,25 @@ def update_op(obj_id: str, patch: object, where: str = "patch") -> Op:
     return Op("update", obj_id, patch)
 
 
-@dataclass
 class _Net:
     """What a transaction did to one object so far."""
 
-    existed: bool
-    live: bool
-    visible: dict[str, Any]
-    replaced: bool = False
-    written: dict[str, Any] = field(default_factory=dict)
-    removed: set[str] = field(default_factory=set)
+    __slots__ = ("existed", "live", "removed", "replaced", "visible", "written")
+
+    def __init__(
+        self,
+        existed: bool,
+        live: bool,
+        visible: dict[str, Any],
+        replaced: bool = False,
+        written: dict[str, Any] | None = None,
+    ) -> None:
+        self.existed = existed
+        self.live = live
+        self.visible = visible
+        self.replaced = replaced
+        self.written: dict[str, Any] = {} if written is None else written
+        self.removed: set[str] = set()
 
     def write(self, name: str, value: Any) -> None:
         self.written[name] = value
@@ -128,6 +145,11 @@ def fold(ops: Sequence[Op], load: Callable[[str], ObjectState | None]) -> list[d
         net = nets.get(op.id)
         if net is None:
             state = load(op.id)
+            if state is None and op.kind != "update" and op.kind != "delete":
+                # A new object (the bulk-insert case): its props are the whole change.
+                assert op.props is not None
+                nets[op.id] = _Net(False, True, dict(op.props), True, op.props)
+                continue
             live = state is not None and state.live
             # A deleted object still holds its last properties: a create on its id
             # removes them explicitly so that none comes back.
