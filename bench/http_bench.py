@@ -12,7 +12,9 @@ The client is raw asyncio streams on uvloop with pre-built requests: on a 2-core
 machine client and server share the CPU, so the cheapest client measures the most
 server. ``--mode`` picks where the node runs single-object store calls: ``inline`` on
 the event loop (the default of ``vesper serve``) or ``thread`` in a worker thread;
-``both`` measures the two one after the other.
+``both`` measures the two one after the other. Besides rate and latency it reports the
+server's CPU time per request, which other load on the machine hardly moves: the
+figure to compare the modes by on a shared machine.
 
 Usage::
 
@@ -266,8 +268,11 @@ def main() -> int:
             f"{args.connections} connections, {args.seconds:g} s per phase, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
         )
+        columns = ("req/s", "p50 ms", "p99 ms", "cpu us", "errors")
         print(
-            f"{'phase':7} {'mode':7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}  target"
+            f"{'phase':7} {'mode':7} {columns[0]:>8} "
+            + " ".join(f"{c:>7}" for c in columns[1:-1])
+            + f" {columns[-1]:>6}  target (cpu us: server CPU per request)"
         )
         for r in results:
             verdict = "PASS" if r.passed else "MISS"

@@ -112,6 +112,8 @@ class ReplicationService:
         if link is not None:
             link.close()
 
+    close = stop
+
     def current_link(self) -> StompLink | None:
         return self._link
 

@@ -151,6 +151,12 @@ class Database:
                 raise StoreClosed("the store is closed")
             return self.conn.execute(sql, params).fetchall()
 
+    def read(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        """One read statement on a reader connection, so it does not wait for the
+        writer (an in-memory store has only the one connection)."""
+        with self.snapshot() as reader:
+            return reader.fetch(sql, params)
+
     @contextmanager
     def snapshot(self) -> Iterator[Reader]:
         """A reader whose statements all see one snapshot (file) or run under the lock."""

@@ -64,14 +64,14 @@ def _since(
 
 def changeset_by_id(db: Database, changeset_id: str) -> dict[str, Any] | None:
     origin, counter = parse_changeset_id(changeset_id)
-    rows = db.fetch(
+    rows = db.read(
         "SELECT body FROM changesets WHERE origin = ? AND counter = ?", (origin, counter)
     )
     return orjson.loads(rows[0][0]) if rows else None
 
 
 def _object_changesets(db: Database, obj_id: str) -> list[dict[str, Any]]:
-    rows = db.fetch(
+    rows = db.read(
         "SELECT c.body FROM object_changes oc JOIN changesets c ON c.seq = oc.seq "
         "WHERE oc.obj = ? ORDER BY oc.seq",
         (obj_id,),

@@ -51,6 +51,8 @@ def _prefilter(where: Where) -> tuple[str, list[Any]]:
         elif value is None:
             sql.append("json_type(doc, ?) = 'null'")
             params.append(path)
+        elif type(value) is int and not -(2**63) <= value < 2**63:
+            continue  # beyond SQLite's INTEGER: compared in Python only
         elif type(value) in (str, int, float):
             sql.append("json_extract(doc, ?) = ?")
             params += [path, value]

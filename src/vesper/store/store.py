@@ -146,6 +146,8 @@ class Store:
     def create(self, doc: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> CommitResult:
         """Create one object, or several in one changeset; ``id`` is generated if absent."""
         docs = list(doc) if isinstance(doc, list | tuple) else [doc]
+        if not docs:
+            raise InvalidOperation("create needs at least one object")
         with _gc_paused(len(docs)):
             many = len(docs) > 1
             return self._commit(
@@ -389,7 +391,7 @@ class Store:
 
     def get_json(self, obj_id: str) -> str | None:
         """The object as stored JSON text, or None."""
-        rows = self.db.fetch("SELECT doc FROM objects WHERE id = ? AND live = 1", (obj_id,))
+        rows = self.db.read("SELECT doc FROM objects WHERE id = ? AND live = 1", (obj_id,))
         return rows[0][0] if rows else None
 
     def query(
@@ -414,6 +416,10 @@ class Store:
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of all objects sorted by id (SPEC section 4)."""
+        return self.revision_and_digest()[1]
+
+    def revision_and_digest(self) -> tuple[str, str]:
+        """The revision and the digest of that very revision (one snapshot)."""
         # The revision is read inside the same snapshot as the objects, so the value
         # cached for a revision is the digest of exactly that revision. An in-memory
         # store has no snapshots: it holds the lock instead.
@@ -423,7 +429,7 @@ class Store:
             revision = format_revision(orjson.loads(rows[0][0])["vv"]) if rows else ""
             cached = self._digest_cache
             if cached is not None and cached[0] == revision:
-                return cached[1]
+                return cached
             h = hashlib.sha256()
             h.update(b"[")
             first = True
@@ -447,7 +453,7 @@ class Store:
             h.update(b"]")
             value = h.hexdigest()
         self._digest_cache = (revision, value)
-        return value
+        return revision, value
 
     def conflicts(self, obj_id: str | None = None) -> list[dict[str, Any]]:
         """Properties whose concurrent writes disagree, with winner and losers."""
@@ -457,7 +463,7 @@ class Store:
             sql += " AND id = ?"
             params = (obj_id,)
         out: list[dict[str, Any]] = []
-        for oid, doc, state in self.db.fetch(sql + " ORDER BY id", params):
+        for oid, doc, state in self.db.read(sql + " ORDER BY id", params):
             out.extend(ObjectState.load(oid, doc, state).conflicts())
         return out
 
@@ -502,7 +508,7 @@ class Store:
 
     def outbox_peek(self, limit: int = 100, after_seq: int = 0) -> list[tuple[int, str]]:
         """Up to ``limit`` unconfirmed changesets ``(seq, body)`` in commit order."""
-        return self.db.fetch(
+        return self.db.read(
             "SELECT o.seq, c.body FROM outbox o JOIN changesets c ON c.seq = o.seq "
             "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
             (after_seq, limit),
@@ -515,7 +521,7 @@ class Store:
 
     @property
     def outbox_count(self) -> int:
-        return self.db.fetch("SELECT count(*) FROM outbox")[0][0]
+        return self.db.read("SELECT count(*) FROM outbox")[0][0]
 
 
 def open_store(

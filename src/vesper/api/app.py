@@ -1,0 +1,43 @@
+"""The ASGI application of one node: Starlette routes behind the request guard."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from vesper.api import history, objects, openapi, status, transaction
+from vesper.api.context import ApiContext
+from vesper.api.errors import EXCEPTION_HANDLERS
+from vesper.api.metrics import ApiMetrics
+from vesper.api.middleware import RequestGuard
+from vesper.node import Node
+
+
+def create_app(
+    node: Node,
+    *,
+    max_body_bytes: int | None = None,
+    inline_writes: bool = True,
+    inline_reads: bool = True,
+) -> RequestGuard:
+    """The HTTP API (SPEC section 4) over ``node``, which the caller starts and closes.
+
+    ``max_body_bytes`` defaults to the node's ``api_max_body_bytes``; ``inline_*``
+    choose where single-object store calls run (see ApiContext). The result is an
+    ASGI app; ``.app`` is the Starlette app inside and ``.metrics`` its metrics.
+    """
+    metrics = ApiMetrics(node)
+    ctx = ApiContext(node, metrics, inline_writes=inline_writes, inline_reads=inline_reads)
+    routes = [
+        *objects.routes(ctx),
+        *transaction.routes(ctx),
+        *history.routes(ctx),
+        *status.routes(ctx),
+        *openapi.routes(),
+    ]
+    # Plain Starlette, not FastAPI: FastAPI's per-request dependency and validation
+    # machinery cost ~3.5x Starlette's time per request here (issue 3 measurements);
+    # the OpenAPI document is written out in vesper.api.openapi instead.
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    app.state.context = ctx
+    limit = max_body_bytes if max_body_bytes is not None else node.settings.api_max_body_bytes
+    return RequestGuard(app, limit, metrics)

@@ -1,0 +1,147 @@
+"""Prometheus metrics of one node: HTTP traffic, commits, and the store's state.
+
+Each app has its own registry, so several nodes (or tests) in one process never share
+counters. Store figures are read when ``/metrics`` is scraped, not on every commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+
+from vesper import __version__
+from vesper.errors import VesperError
+from vesper.storage.url import parse_storage_url
+
+if TYPE_CHECKING:
+    from vesper.node import Node
+
+#: Latency buckets in seconds: a point read takes well under a millisecond, a full
+#: scan of a large store seconds.
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ApiMetrics:
+    """The counters the HTTP layer updates, and the registry ``/metrics`` renders."""
+
+    def __init__(self, node: Node) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "vesper_http_requests",
+            "HTTP requests answered, by method, endpoint (route template) and status",
+            ["method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vesper_http_request_duration_seconds",
+            "Time from request start to the last byte of the answer",
+            ["method", "endpoint", "status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.commits = Counter(
+            "vesper_commits",
+            "Commits made through the HTTP API since the node started, by operation",
+            ["operation"],
+            registry=self.registry,
+        )
+        self._commit_children = {
+            op: self.commits.labels(op)
+            for op in ("create", "replace", "update", "delete", "transaction")
+        }
+        self.registry.register(StoreCollector(node))
+        ProcessCollector(registry=self.registry)
+        # Children are looked up once per label set: labels() formats and locks.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        key = (method, endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (method, endpoint, str(status))
+            children = (self.requests.labels(*labels), self.latency.labels(*labels))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def committed(self, operation: str) -> None:
+        self._commit_children[operation].inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StoreCollector:
+    """Gauges read from the node's store at scrape time."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def describe(self) -> list[Metric]:
+        # Returning nothing keeps registration from calling collect() before the
+        # node is started.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._node
+        info = InfoMetricFamily("vesper_node", "This node's branch id and Vesper version")
+        info.add_metric([], {"branch_id": node.branch_id, "version": __version__})
+        yield info
+        try:
+            store = node.store
+            objects, outbox, pending = store.count, store.outbox_count, store.pending_count
+            vector = store.version_vector
+        except VesperError:
+            return  # not running: only the info above
+        yield GaugeMetricFamily("vesper_objects", "Live objects in the store", value=objects)
+        yield GaugeMetricFamily(
+            "vesper_outbox_changesets",
+            "Committed changesets not yet confirmed by the broker",
+            value=outbox,
+        )
+        yield GaugeMetricFamily(
+            "vesper_pending_changesets",
+            "Received changesets waiting for a missing predecessor",
+            value=pending,
+        )
+        counters = GaugeMetricFamily(
+            "vesper_revision_counter",
+            "Latest changeset counter applied per branch (the revision's entries)",
+            labels=["branch"],
+        )
+        for branch, counter in sorted(vector.items()):
+            counters.add_metric([branch], counter)
+        yield counters
+        size = store_bytes(node.settings.effective_storage_url)
+        if size is not None:
+            yield GaugeMetricFamily(
+                "vesper_store_bytes", "Size of the database file and its WAL", value=size
+            )
+
+
+def store_bytes(storage_url: str) -> int | None:
+    """Bytes the SQLite database and its write-ahead log take; None for ``mem://``."""
+    path = parse_storage_url(storage_url).path
+    if path is None:
+        return None
+    total = 0
+    for name in (path, path + "-wal"):
+        with contextlib.suppress(OSError):  # no WAL file between checkpoints
+            total += os.stat(name).st_size
+    return total

@@ -1,0 +1,356 @@
+"""The OpenAPI 3.1 description of the HTTP API, and a browsable page at ``/docs``.
+
+Written by hand because the handlers read raw bodies (no pydantic models on hot
+paths); tests/api/test_openapi.py checks that it lists exactly the routes the app has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from vesper import __version__
+from vesper.api.jsonio import json_response
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "invalid JSON, a wrong type, an invalid document or an unknown query parameter",
+        404: "no such object",
+        409: "the object exists already (create), or history is off (save_history = False)",
+        413: "the body is larger than api_max_body_bytes",
+        503: "the store is closed or failed (retry later)",
+    }
+    return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
+
+
+def _list_of(key: str, item: dict[str, Any], description: str) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {key: {"type": "array", "items": item}}}
+    return _json(schema, description)
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the object's id; write '/' in an id as %2F",
+}
+_REVISION = {"type": "string", "description": "version vector, e.g. '0A.3,0B.12'"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "what was wrong"}},
+    },
+    "Object": {
+        "type": "object",
+        "description": "any JSON object; 'id' is a string, generated on create when absent",
+        "properties": {"id": {"type": "string"}},
+        "additionalProperties": True,
+    },
+    "MergePatch": {
+        "type": "object",
+        "description": "JSON Merge Patch (RFC 7386): null removes a property",
+        "additionalProperties": True,
+    },
+    "Revision": {"type": "object", "required": ["revision"], "properties": {"revision": _REVISION}},
+    "Commit": {
+        "type": "object",
+        "required": ["revision", "ids"],
+        "properties": {
+            "revision": _REVISION,
+            "ids": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ObjectList": {
+        "type": "object",
+        "required": ["results", "revision"],
+        "properties": {
+            "results": {"type": "array", "items": _ref("Object")},
+            "revision": _REVISION,
+        },
+    },
+    "Operation": {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["op", "object"],
+                "properties": {"op": {"enum": ["create", "replace"]}, "object": _ref("Object")},
+            },
+            {
+                "type": "object",
+                "required": ["op", "id", "patch"],
+                "properties": {
+                    "op": {"const": "update"},
+                    "id": {"type": "string"},
+                    "patch": _ref("MergePatch"),
+                },
+            },
+            {
+                "type": "object",
+                "required": ["op", "id"],
+                "properties": {"op": {"const": "delete"}, "id": {"type": "string"}},
+            },
+        ]
+    },
+    "Transaction": {
+        "type": "object",
+        "required": ["ops"],
+        "properties": {"ops": {"type": "array", "minItems": 1, "items": _ref("Operation")}},
+        "additionalProperties": False,
+    },
+    "Changeset": {
+        "type": "object",
+        "required": ["id", "origin", "revision", "base_revision", "changes"],
+        "properties": {
+            "id": {"type": "string", "description": "<branch_id>.<counter>"},
+            "origin": {"type": "string"},
+            "revision": _REVISION,
+            "base_revision": _REVISION,
+            "time": {"type": "string", "format": "date-time"},
+            "changes": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "HistoryEntry": {
+        "type": "object",
+        "properties": {
+            "changeset": {"type": "string"},
+            "origin": {"type": "string"},
+            "revision": _REVISION,
+            "time": {"type": "string", "format": "date-time"},
+            "op": {"type": "string"},
+            "object": {
+                "oneOf": [_ref("Object"), {"type": "null"}],
+                "description": "the object after this change; null once deleted",
+            },
+        },
+    },
+    "Conflict": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "property": {"type": ["string", "null"], "description": "null: existence"},
+            "winner": {"type": "object"},
+            "losers": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Status": {
+        "type": "object",
+        "required": ["branch_id", "revision", "digest", "objects", "replication"],
+        "properties": {
+            "branch_id": {"type": "string"},
+            "revision": _REVISION,
+            "digest": {"type": "string", "description": "SHA-256 of all objects (SPEC 4)"},
+            "objects": {"type": "integer"},
+            "pending": {"type": "integer"},
+            "outbox": {"type": "integer"},
+            "replication": {
+                "type": "object",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "connected": {"type": ["string", "null"]},
+                    "channel": {"type": ["string", "null"]},
+                    "broker": {"type": ["string", "null"]},
+                    "messages_sent": {"type": "integer"},
+                    "messages_received": {"type": "integer"},
+                    "send_errors": {"type": "integer"},
+                    "receive_errors": {"type": "integer"},
+                    "outbox": {"type": "integer"},
+                    "pending": {"type": "integer"},
+                    "last_message_received": {"type": ["string", "null"]},
+                    "peers": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+
+_BODY_OBJECT = {"required": True, "content": {"application/json": {"schema": _ref("Object")}}}
+
+PATHS: dict[str, Any] = {
+    "/api/objects": {
+        "get": {
+            "summary": "All objects sorted by id (streamed)",
+            "parameters": [
+                _query(
+                    "where",
+                    "JSON object: keep objects whose properties equal these",
+                    {"type": "string"},
+                ),
+                _query("limit", "at most this many objects", {"type": "integer", "minimum": 0}),
+                _query("after", "only ids sorting after this one (paging)", {"type": "string"}),
+            ],
+            "responses": {"200": _json(_ref("ObjectList"), "the objects"), **_errors(400)},
+        },
+        "post": {
+            "summary": "Create one object or an array of objects in one revision",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                _ref("Object"),
+                                {"type": "array", "minItems": 1, "items": _ref("Object")},
+                            ]
+                        }
+                    }
+                },
+            },
+            "responses": {"201": _json(_ref("Commit"), "created"), **_errors(400, 409, 413)},
+        },
+    },
+    "/api/objects/{id}": {
+        "parameters": [_ID],
+        "get": {
+            "summary": "One object",
+            "responses": {"200": _json(_ref("Object"), "the object"), **_errors(404)},
+        },
+        "put": {
+            "summary": "Replace the whole object (creating it if absent)",
+            "requestBody": _BODY_OBJECT,
+            "responses": {"200": _json(_ref("Revision"), "replaced"), **_errors(400, 413)},
+        },
+        "patch": {
+            "summary": "Apply a JSON Merge Patch",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/merge-patch+json": {"schema": _ref("MergePatch")},
+                    "application/json": {"schema": _ref("MergePatch")},
+                },
+            },
+            "responses": {"200": _json(_ref("Revision"), "updated"), **_errors(400, 404, 413)},
+        },
+        "delete": {
+            "summary": "Delete the object",
+            "responses": {"200": _json(_ref("Revision"), "deleted"), **_errors(404)},
+        },
+    },
+    "/api/objects/{id}/history": {
+        "parameters": [_ID],
+        "get": {
+            "summary": "Every revision of one object, oldest first",
+            "responses": {
+                "200": _list_of("history", _ref("HistoryEntry"), "the history"),
+                **_errors(404, 409),
+            },
+        },
+    },
+    "/api/transaction": {
+        "post": {
+            "summary": "Several operations, all or nothing, in one revision",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("Transaction")}},
+            },
+            "responses": {"200": _json(_ref("Commit"), "committed"), **_errors(400, 404, 409, 413)},
+        },
+    },
+    "/api/changesets": {
+        "get": {
+            "summary": "Changesets not contained in a revision, in causal order (streamed)",
+            "parameters": [
+                _query("since", "a revision; empty means all", {"type": "string"}),
+                _query("limit", "at most this many changesets", {"type": "integer", "minimum": 0}),
+            ],
+            "responses": {
+                "200": _list_of("changesets", _ref("Changeset"), "the changesets"),
+                **_errors(400, 409),
+            },
+        },
+    },
+    "/api/conflicts": {
+        "get": {
+            "summary": "Concurrent writes that were resolved, with winner and losers",
+            "parameters": [_query("id", "only this object's conflicts", {"type": "string"})],
+            "responses": {
+                "200": _list_of("conflicts", _ref("Conflict"), "the conflicts"),
+                **_errors(400),
+            },
+        },
+    },
+    "/api/status": {
+        "get": {
+            "summary": "Revision, digest, counts and replication state",
+            "responses": {"200": _json(_ref("Status"), "the status")},
+        },
+    },
+    "/health": {
+        "get": {
+            "summary": "Liveness",
+            "responses": {"200": _json({"type": "object"}, "running"), **_errors(503)},
+        },
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {"description": "Prometheus text format", "content": {"text/plain": {}}}
+            },
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Vesper",
+            "version": __version__,
+            "description": "A JSON document datastore with full revision history. "
+            'Every error answer is {"error": "..."}.',
+        },
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+_DOCS_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Vesper HTTP API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+</head><body><div id="ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+<noscript>The API description is at <a href="/openapi.json">/openapi.json</a>.</noscript>
+</body></html>
+"""
+
+
+def routes() -> list[BaseRoute]:
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return json_response(document)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(_DOCS_HTML)
+
+    return [
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route("/docs", docs, methods=["GET"], include_in_schema=False),
+    ]

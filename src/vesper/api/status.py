@@ -1,0 +1,35 @@
+"""Node state: ``/api/status``, ``/health`` and ``/metrics``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from vesper.api.context import ApiContext
+from vesper.api.jsonio import json_response, query_params
+from vesper.api.metrics import METRICS_CONTENT_TYPE
+
+
+def routes(ctx: ApiContext) -> list[BaseRoute]:
+    async def status(request: Request) -> Response:
+        query_params(request)
+        # The digest may walk the whole store (once per revision): never on the loop.
+        return json_response(await ctx.in_thread(ctx.node.status))
+
+    async def health(request: Request) -> Response:
+        query_params(request)
+        ctx.store  # noqa: B018 - raises StoreClosed (503) unless the node is running
+        return json_response({"status": "ok", "branch_id": ctx.node.branch_id})
+
+    async def metrics(request: Request) -> Response:
+        query_params(request)
+        # Store figures read the database (outbox size): off the loop like the status.
+        body = await ctx.in_thread(ctx.metrics.render)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+    return [
+        Route("/api/status", status, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,133 @@
+"""One Vesper node: its settings, its store and its replication service, started and
+closed together.
+
+Front ends (the HTTP API, ``vesper serve``) hold a Node and ask it for the store and
+the status; they never open stores or read configuration themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+from vesper.config import Settings
+from vesper.errors import StoreClosed
+from vesper.store import Store, open_store_from_settings
+
+log = logging.getLogger(__name__)
+
+
+class ReplicationService(Protocol):
+    """What a Node needs from the replication service the replication issue adds."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Node:
+    """A node: ``start()`` opens the store, ``close()`` closes everything it opened.
+
+    ``replication`` is None while replication is off (or not built yet); the status
+    then reports the disabled shape, which has the same keys as the enabled one.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.replication: ReplicationService | None = None
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def branch_id(self) -> str:
+        # Settings turns a missing branch_id into trunk_id, so this is always a string.
+        return self.settings.branch_id or self.settings.trunk_id
+
+    @property
+    def store(self) -> Store:
+        store = self._store
+        if store is None:
+            raise StoreClosed(f"node {self.branch_id} is not running")
+        return store
+
+    @property
+    def running(self) -> bool:
+        return self._store is not None
+
+    def start(self) -> Node:
+        """Open the store (creating it if needed); raises VesperError if it cannot."""
+        with self._lock:
+            if self._store is None:
+                self._store = open_store_from_settings(self.settings)
+                log.debug("node %s opened %s", self.branch_id, self.settings.effective_storage_url)
+            if self.replication is None and self.settings.replication_hosts:
+                # Imported here: a node without replication never loads stomp.py.
+                from vesper.replication.service import ReplicationConfig
+                from vesper.replication.service import ReplicationService as Service
+
+                service = Service(self._store, ReplicationConfig.from_settings(self.settings))
+                service.start()
+                self.replication = service
+        return self
+
+    def close(self) -> None:
+        """Stop replication, then close the store. Safe to call more than once."""
+        with self._lock:
+            replication, self.replication = self.replication, None
+            store, self._store = self._store, None
+        if replication is not None:
+            replication.close()
+        if store is not None:
+            store.close()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def status(self) -> dict[str, Any]:
+        """The ``GET /api/status`` document (SPEC section 4).
+
+        May walk the whole store for the digest (cached by revision in the store), so
+        callers on an event loop run it in a thread.
+        """
+        store = self.store
+        revision, digest = self._revision_and_digest(store)
+        outbox, pending = store.outbox_count, store.pending_count
+        if self.replication is not None:
+            replication = self.replication.status()
+        else:
+            replication = disabled_replication_status(outbox, pending)
+        return {
+            "branch_id": self.branch_id,
+            "revision": revision,
+            "digest": digest,
+            "objects": store.count,
+            "pending": pending,
+            "outbox": outbox,
+            "replication": replication,
+        }
+
+    @staticmethod
+    def _revision_and_digest(store: Store) -> tuple[str, str]:
+        return store.revision_and_digest()
+
+
+def disabled_replication_status(outbox: int = 0, pending: int = 0) -> dict[str, Any]:
+    """The ``replication`` part of the status of a node that does not replicate."""
+    return {
+        "enabled": False,
+        "connected": None,
+        "channel": None,
+        "broker": None,
+        "messages_sent": 0,
+        "messages_received": 0,
+        "send_errors": 0,
+        "receive_errors": 0,
+        "outbox": outbox,
+        "pending": pending,
+        "last_message_received": None,
+        "peers": {},
+    }

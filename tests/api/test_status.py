@@ -1,0 +1,95 @@
+"""``/api/status``, ``/health``, ``/metrics``, ``/openapi.json`` and ``/docs``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+
+from tests.api.helpers import error_of, sample
+
+REPLICATION_KEYS = {
+    "enabled", "connected", "channel", "broker", "messages_sent", "messages_received",
+    "send_errors", "receive_errors", "outbox", "pending", "last_message_received", "peers",
+}  # fmt: skip
+
+
+def spec_digest(objects: list[dict]) -> str:
+    text = json.dumps(objects, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_status_shape_and_digest(http: httpx.Client) -> None:
+    http.post("/api/objects", json=[{"id": "s1", "é": "ü", "n": 1.5}, {"id": "s0"}])
+    status = http.get("/api/status").json()
+    assert set(status) == {"branch_id", "revision", "digest", "objects", "pending", "outbox",
+                           "replication"}  # fmt: skip
+    assert status["branch_id"] == "N1"
+    listing = http.get("/api/objects").json()
+    assert status["revision"] == listing["revision"]
+    assert status["objects"] == len(listing["results"])
+    assert status["digest"] == spec_digest(listing["results"])
+    assert status["pending"] == 0 and status["outbox"] == 0
+    replication = status["replication"]
+    assert set(replication) == REPLICATION_KEYS
+    assert replication["enabled"] is False and replication["connected"] is None
+    assert replication["peers"] == {} and replication["messages_sent"] == 0
+    # The digest follows the data.
+    http.delete("/api/objects/s0").raise_for_status()
+    after = http.get("/api/status").json()
+    assert after["digest"] != status["digest"] and after["objects"] == status["objects"] - 1
+
+
+def test_health(http: httpx.Client) -> None:
+    r = http.get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "branch_id": "N1"}
+
+
+def test_metrics_count_requests_commits_and_store_size(http: httpx.Client) -> None:
+    def scrape() -> str:
+        r = http.get("/metrics")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain")
+        return r.text
+
+    before = scrape()
+    http.post("/api/objects", json={"id": "mx"}).raise_for_status()
+    http.get("/api/objects/mx").raise_for_status()
+    http.get("/api/objects/mx-missing")
+    metrics = scrape()
+
+    def delta(name: str, **labels: str) -> float:
+        try:
+            old = sample(before, name, **labels)
+        except AssertionError:
+            old = 0.0
+        return sample(metrics, name, **labels) - old
+
+    get = {"method": "GET", "endpoint": "/api/objects/{id}"}
+    assert delta("vesper_http_requests_total", status="200", **get) == 1
+    assert delta("vesper_http_requests_total", status="404", **get) == 1
+    assert delta("vesper_http_request_duration_seconds_count", status="200", **get) == 1
+    assert delta("vesper_commits_total", operation="create") == 1
+    assert sample(metrics, "vesper_objects") == http.get("/api/status").json()["objects"]
+    assert sample(metrics, "vesper_store_bytes") > 0
+    assert sample(metrics, "vesper_revision_counter", branch="N1") >= 1
+    assert sample(metrics, "vesper_outbox_changesets") == 0
+    assert sample(metrics, "vesper_node_info", branch_id="N1") == 1
+    # Unknown paths share one label value instead of one per path.
+    http.get("/no/such/path/123")
+    assert sample(scrape(), "vesper_http_requests_total", endpoint="unmatched", status="404") >= 1
+
+
+def test_openapi_and_docs_are_served(http: httpx.Client) -> None:
+    document = http.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    assert "/api/objects/{id}" in document["paths"]
+    docs = http.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+
+
+def test_status_rejects_parameters_and_writes(http: httpx.Client) -> None:
+    error_of(http.get("/api/status?verbose=1"), 400)
+    error_of(http.post("/api/status", json={}), 405)
+    error_of(http.delete("/health"), 405)
