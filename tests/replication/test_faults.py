@@ -15,7 +15,8 @@ def hosts_of(*brokers: BrokerProcess) -> list[tuple[str, int]]:
 
 
 def test_lossy_broker_dropping_and_duplicating_10_percent(
-        brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]) -> None:
+    brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]
+) -> None:
     broker = brokers()
     nodes = cluster(["A", "B", "C"], hosts_of(broker))
     wait_for(lambda: all(n.connected() for n in nodes), what="all connected")
@@ -30,7 +31,8 @@ def test_lossy_broker_dropping_and_duplicating_10_percent(
 
 
 def test_node_offline_while_others_commit_1000_changes(
-        brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]) -> None:
+    brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]
+) -> None:
     broker = brokers()
     a, b = cluster(["A", "B"], hosts_of(broker))
     wait_for(lambda: a.connected() and b.connected(), what="both connected")
@@ -43,7 +45,8 @@ def test_node_offline_while_others_commit_1000_changes(
 
 
 def test_broker_restarted_in_the_middle_of_a_stream(
-        brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]) -> None:
+    brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]
+) -> None:
     broker = brokers()
     a, b = cluster(["A", "B"], hosts_of(broker))
     wait_for(lambda: a.connected() and b.connected(), what="both connected")
@@ -66,7 +69,8 @@ def test_broker_restarted_in_the_middle_of_a_stream(
 
 
 def test_failover_to_the_second_broker_recovers_stranded_changesets(
-        brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]) -> None:
+    brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]
+) -> None:
     first, second = brokers(), brokers()
     a, b = cluster(["A", "B"], hosts_of(first, second))
     wait_for(lambda: a.connected() and b.connected(), what="both connected")
@@ -80,9 +84,13 @@ def test_failover_to_the_second_broker_recovers_stranded_changesets(
         a.s.create({"id": f"stranded{i}"})
     wait_for(lambda: a.status()["outbox"] == 0, what="A's outbox confirmed by the broker")
     first.kill()
-    wait_for(lambda: a.status()["connected"] == f"{second.host}:{second.port}"
-             and b.status()["connected"] == f"{second.host}:{second.port}",
-             what="both nodes on the second broker")
+    wait_for(
+        lambda: (
+            a.status()["connected"] == f"{second.host}:{second.port}"
+            and b.status()["connected"] == f"{second.host}:{second.port}"
+        ),
+        what="both nodes on the second broker",
+    )
     a.s.create({"id": "after-failover"})
     b.s.create({"id": "from-b"})
     wait_converged([a, b], timeout=90)
@@ -90,7 +98,8 @@ def test_failover_to_the_second_broker_recovers_stranded_changesets(
 
 
 def test_a_broker_that_stays_down_never_blocks_local_work(
-        brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]) -> None:
+    brokers: Callable[..., BrokerProcess], cluster: Callable[..., list[Node]]
+) -> None:
     broker = brokers()
     a, b = cluster(["A", "B"], hosts_of(broker))
     wait_for(lambda: a.connected() and b.connected(), what="both connected")
