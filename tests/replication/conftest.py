@@ -28,8 +28,16 @@ def shared_broker(
 
 
 @pytest.fixture
-def brokers(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
-    """Embedded brokers of the test's own, for tests that kill, restart or degrade them."""
+def brokers(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., BrokerProcess]]:
+    """Embedded brokers of the test's own, for tests that kill, restart or degrade them.
+
+    Under ``--mq`` these tests are skipped: they would run on embedded brokers anyway,
+    exactly as in the default run.
+    """
+    if request.config.getoption("--mq"):
+        pytest.skip("kills or degrades its own embedded brokers; covered by the default run")
     started: list[BrokerProcess] = []
 
     def make(**kwargs: object) -> BrokerProcess:
