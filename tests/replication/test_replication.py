@@ -40,7 +40,7 @@ def test_a_sequence_gives_b_exactly_a_objects(
         == list(a.s.query())
         == [{"id": "1", "v": "uno", "extra": True}, {"id": "2", "v": "two"}, {"id": "3"}]
     )
-    assert a.status()["outbox"] == 0
+    wait_for(lambda: a.status()["outbox"] == 0, what="A's outbox confirmed")
 
 
 def test_three_nodes_writing_concurrently_converge(

@@ -1,0 +1,27 @@
+"""Vesper's embedded STOMP broker (issue 4): see docs/broker.md."""
+
+from vesper.broker.config import BrokerConfig
+from vesper.broker.errors import (
+    BrokerConfigError,
+    BrokerError,
+    BrokerStartError,
+    ControlError,
+    ProtocolError,
+)
+from vesper.broker.faults import Faults, FaultSettings
+from vesper.broker.process import BrokerProcess, BrokerThread
+from vesper.broker.server import Broker
+
+__all__ = [
+    "Broker",
+    "BrokerConfig",
+    "BrokerConfigError",
+    "BrokerError",
+    "BrokerProcess",
+    "BrokerStartError",
+    "BrokerThread",
+    "ControlError",
+    "FaultSettings",
+    "Faults",
+    "ProtocolError",
+]

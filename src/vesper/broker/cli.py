@@ -1,0 +1,141 @@
+"""``vesper broker``: the command-line front end of the embedded broker.
+
+The lead's CLI calls ``add_arguments`` and ``run``; ``python -m vesper.broker`` uses
+the same two functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from vesper.broker.config import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_PREFETCH,
+    BrokerConfig,
+)
+from vesper.broker.errors import BrokerConfigError, BrokerError
+from vesper.broker.faults import FaultSettings
+from vesper.broker.server import Broker
+
+log = logging.getLogger("vesper.broker")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the broker's options to ``parser``."""
+    parser.add_argument("--host", default=DEFAULT_HOST, help="interface to listen on (%(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port, 0 = a free one (%(default)s)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep queues and durable subscriptions in SQLite here (default: memory only)",
+    )
+    parser.add_argument("--users-file", type=Path, help="require login:passcode from this file")
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=DEFAULT_MAX_FRAME_BYTES,
+        help="largest frame accepted (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-pending-bytes",
+        type=int,
+        default=DEFAULT_MAX_PENDING_BYTES,
+        help="undelivered bytes held in memory per subscription or queue (%(default)s)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=DEFAULT_PREFETCH,
+        help="unacked messages in flight per subscription without a prefetch header,"
+        " 0 = unbounded (%(default)s)",
+    )
+    parser.add_argument(
+        "--control", action="store_true", help="accept requests on /vesper-control/ destinations"
+    )
+    faults = parser.add_argument_group("fault injection")
+    faults.add_argument("--drop", type=float, default=0.0, help="fraction of deliveries dropped")
+    faults.add_argument(
+        "--duplicate", type=float, default=0.0, help="fraction of deliveries sent twice"
+    )
+    faults.add_argument("--delay-ms", type=int, default=0, help="delay of delayed deliveries")
+    faults.add_argument(
+        "--delay",
+        type=float,
+        default=None,
+        help="fraction of deliveries delayed by --delay-ms (default 1 when --delay-ms is set)",
+    )
+    faults.add_argument("--paused", action="store_true", help="start with delivery paused")
+    faults.add_argument("--fault-seed", type=int, help="seed for repeatable fault choices")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> BrokerConfig:
+    """Build the broker settings; raises BrokerConfigError naming a bad value."""
+    delay = args.delay if args.delay is not None else (1.0 if args.delay_ms else 0.0)
+    return BrokerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        users_file=args.users_file,
+        max_frame_bytes=args.max_frame_bytes,
+        max_pending_bytes=args.max_pending_bytes,
+        default_prefetch=args.prefetch,
+        control=args.control,
+        faults=FaultSettings(
+            drop=args.drop,
+            duplicate=args.duplicate,
+            delay=delay,
+            delay_ms=args.delay_ms,
+            paused=args.paused,
+            seed=args.fault_seed,
+        ),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the broker until SIGINT or SIGTERM; 0 on a clean stop."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+    log.setLevel(getattr(args, "log_level", "INFO"))
+    try:
+        broker = Broker(config_from_args(args))
+    except BrokerConfigError as exc:
+        print(f"vesper broker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(broker))
+    except BrokerError as exc:
+        print(f"vesper broker: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"vesper broker: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(broker: Broker) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await broker.start()
+    log.info("vesper broker listening on %s", broker.url)
+    try:
+        await stop.wait()
+    finally:
+        await broker.stop()
+        log.info("vesper broker stopped")
+    return 0

@@ -1,0 +1,234 @@
+"""A mailbox: the messages of one queue or subscription and the consumers draining it.
+
+``/queue/X`` is one mailbox with any number of consumers (round robin). A durable
+topic subscription is a mailbox that outlives its consumers. A plain topic
+subscription has a private mailbox that dies with it.
+
+With a persistent store, queue and durable mailboxes write every entry to it and keep
+at most ``max_pending_bytes`` of undelivered entries in memory: beyond that, new
+entries stay on disk only ("disk_only") and are loaded back in order as consumers
+drain the head. Without one, a mailbox over its limit pauses the publishers that feed
+it (flow control) until it drains to half.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
+
+from vesper.broker.message import Entry, Message
+
+if TYPE_CHECKING:
+    from vesper.broker.faults import Faults
+    from vesper.broker.persistence import Row, Store
+
+#: Entries read back from the store at a time.
+LOAD_ROWS = 256
+#: Undelivered bytes a stored mailbox without consumers keeps in memory.
+IDLE_LIMIT_BYTES = 1024 * 1024
+
+QUEUE = "queue"
+DURABLE = "durable"
+PRIVATE = "subscription"
+
+
+class Consumer(Protocol):
+    """What a mailbox needs from a subscription."""
+
+    connection: object
+
+    def ready(self) -> bool: ...
+    def deliver(self, entry: Entry) -> None: ...
+
+
+class Publisher(Protocol):
+    """What a mailbox needs from a publishing connection it pauses."""
+
+    def unblock(self, blocker: object) -> None: ...
+
+
+class Mailbox:
+    """Undelivered and in-flight entries of one queue or subscription."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        destination: str,
+        store: Store,
+        faults: Faults,
+        limit_bytes: int,
+        store_id: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.destination = destination
+        self.store = store
+        self.faults = faults
+        self.limit_bytes = limit_bytes
+        self.idle_limit_bytes = min(limit_bytes, IDLE_LIMIT_BYTES)
+        #: Whether entries are written to the store (queues and durable subscriptions).
+        self.stored = store.persistent and kind != PRIVATE
+        self.id = (
+            store_id
+            if store_id is not None
+            else (store.create_mailbox(kind, name, destination) if self.stored else 0)
+        )
+        self.pending: deque[Entry] = deque()
+        self.pending_bytes = 0
+        self.inflight: dict[int, Entry] = {}
+        self.disk_only = 0
+        """Entries in the store, not in memory; all come after those in ``pending``."""
+        self._last_loaded = 0
+        self._loading = False
+        self.consumers: list[Consumer] = []
+        self._rr = 0
+        self.blocked: set[Publisher] = set()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Mailbox {self.kind} {self.name!r} pending={len(self.pending)}>"
+
+    @property
+    def depth(self) -> int:
+        """Messages not yet acknowledged: pending, on disk and in flight."""
+        return len(self.pending) + self.disk_only + len(self.inflight)
+
+    # -- producing ---------------------------------------------------------------------
+
+    def push(self, message: Message) -> None:
+        store = self.store
+        entry = Entry(store.next_key(), message)
+        if self.stored:
+            store.put(self.id, entry)
+            # Nobody is reading: keep only a little in memory, the rest waits on disk.
+            limit = self.limit_bytes if self.consumers else self.idle_limit_bytes
+            if self.disk_only or self.pending_bytes > limit:
+                self.disk_only += 1
+                return
+            self._last_loaded = entry.key
+        self.pending.append(entry)
+        self.pending_bytes += message.size
+        if self.consumers:
+            self.dispatch()
+
+    def over_limit(self) -> bool:
+        """True when publishers must pause (only mailboxes that cannot spill to disk)."""
+        return self.pending_bytes > self.limit_bytes and not self.stored
+
+    def block(self, publisher: Publisher) -> None:
+        self.blocked.add(publisher)
+
+    def _unblock_all(self) -> None:
+        blocked, self.blocked = self.blocked, set()
+        for publisher in blocked:
+            publisher.unblock(self)
+
+    # -- consuming ---------------------------------------------------------------------
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers.append(consumer)
+        self.dispatch()
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        self.consumers.remove(consumer)
+
+    def dispatch(self) -> None:
+        """Deliver pending entries to ready consumers, round robin."""
+        if self.faults.paused or self.closed:
+            return
+        pending = self.pending
+        consumers = self.consumers
+        while pending and consumers:
+            if len(consumers) == 1:
+                consumer = consumers[0]
+                if not consumer.ready():
+                    break
+            else:
+                consumer = self._pick()
+                if consumer is None:
+                    break
+            entry = pending.popleft()
+            self.pending_bytes -= entry.message.size
+            consumer.deliver(entry)
+        half = self.limit_bytes // 2
+        if self.disk_only and not self._loading and consumers and self.pending_bytes <= half:
+            self._load()
+        if self.blocked and self.pending_bytes <= half:
+            self._unblock_all()
+
+    def _pick(self) -> Consumer | None:
+        consumers = self.consumers
+        n = len(consumers)
+        for i in range(n):
+            j = (self._rr + i) % n
+            if consumers[j].ready():
+                self._rr = j + 1
+                return consumers[j]
+        return None
+
+    def track(self, entry: Entry) -> None:
+        """The entry was delivered and waits for an acknowledgement."""
+        self.inflight[entry.key] = entry
+
+    def consumed(self, entry: Entry) -> None:
+        """The entry is done with (acknowledged, auto-acked or dropped)."""
+        self.inflight.pop(entry.key, None)
+        if self.stored and not self.closed:
+            self.store.delete(entry.key)
+
+    def ack(self, entry: Entry) -> None:
+        """Acknowledge an in-flight entry; a second ACK of it (a duplicate) is a no-op."""
+        if self.inflight.pop(entry.key, None) is not None and self.stored and not self.closed:
+            self.store.delete(entry.key)
+
+    def requeue(self, entries: Iterable[Entry]) -> None:
+        """Put unacknowledged entries back at the head, marked redelivered."""
+        back = [e for e in entries if self.inflight.pop(e.key, None) is not None]
+        if not back or self.closed:
+            return
+        back.sort(key=lambda e: e.key)
+        for e in back:
+            if not e.redelivered:
+                e.redelivered = True
+                if self.stored:
+                    self.store.mark_redelivered(e.key)
+            self.pending_bytes += e.message.size
+        self.pending.extendleft(reversed(back))
+        self.dispatch()
+
+    def close(self) -> None:
+        """Delete the mailbox (unsubscribe of a durable subscription, end of a private one)."""
+        self.closed = True
+        if self.stored:
+            self.store.delete_mailbox(self.id)
+        self.pending.clear()
+        self.inflight.clear()
+        self.pending_bytes = 0
+        self.disk_only = 0
+        self._unblock_all()
+
+    # -- reading back from the store ---------------------------------------------------
+
+    def _load(self) -> None:
+        self._loading = True
+        self.store.load(self.id, self._last_loaded, LOAD_ROWS, self._loaded)
+
+    def _loaded(self, rows: list[Row]) -> None:
+        self._loading = False
+        if self.closed:
+            return
+        dest = self.destination
+        headers_from_blob = Message.headers_from_blob
+        for key, message_id, headers, body, redelivered in rows:
+            message = Message(message_id, dest, headers_from_blob(headers), body)
+            self.pending.append(Entry(key, message, bool(redelivered)))
+            self.pending_bytes += message.size
+        if rows:
+            self._last_loaded = rows[-1][0]
+            self.disk_only = max(0, self.disk_only - len(rows))
+        else:
+            # Nothing left on disk after all (the count was stale): stop reloading.
+            self.disk_only = 0
+        self.dispatch()
