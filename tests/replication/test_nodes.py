@@ -3,6 +3,7 @@ with SIGTERM and killed with SIGKILL in the middle of streams."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -100,6 +101,11 @@ def test_objects_written_over_http_appear_on_the_other_node(nodes: Callable[[], 
             what="B seeing A's revision",
         )
         assert "A" in peers
+        metrics = cb.get("/metrics").text
+        assert "vesper_replication_connected 1.0" in metrics
+        assert 'vesper_replication_peer_lag_changesets{peer="A"} 0.0' in metrics
+        received = re.search(r"^vesper_replication_changesets_received_total (\S+)$", metrics, re.M)
+        assert received and float(received.group(1)) >= 4
 
 
 def test_node_stopped_while_others_commit_1000_changes_converges(

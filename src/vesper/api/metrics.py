@@ -19,7 +19,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 
 from vesper import __version__
 from vesper.errors import VesperError
@@ -66,6 +71,7 @@ class ApiMetrics:
             for op in ("create", "replace", "update", "delete", "transaction")
         }
         self.registry.register(StoreCollector(node))
+        self.registry.register(ReplicationCollector(node))
         ProcessCollector(registry=self.registry)
         # Children are looked up once per label set: labels() formats and locks.
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -133,6 +139,60 @@ class StoreCollector:
             yield GaugeMetricFamily(
                 "vesper_store_bytes", "Size of the database file and its WAL", value=size
             )
+
+
+_REPLICATION_COUNTERS = {
+    "messages_sent": "STOMP messages sent (changesets, announcements, catch-up)",
+    "messages_received": "STOMP messages received",
+    "changesets_sent": "Changesets published from the outbox",
+    "changesets_received": "Changesets received from the broker (duplicates included)",
+    "send_errors": "Failed sends",
+    "receive_errors": "Messages rejected: malformed, forged or invalid changesets",
+    "catchup_requests_sent": "Catch-up requests this node sent",
+    "catchup_requests_answered": "Catch-up requests this node answered",
+    "catchup_changesets_received": "Changesets received through catch-up",
+}
+
+
+class ReplicationCollector:
+    """Replication figures read from the node's replication service at scrape time."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        replication = self._node.replication
+        if replication is None:
+            return
+        status = replication.status()
+        yield GaugeMetricFamily(
+            "vesper_replication_connected",
+            "1 while connected to a broker",
+            value=int(bool(status.get("connected"))),
+        )
+        for name, help_text in _REPLICATION_COUNTERS.items():
+            if name in status:
+                yield CounterMetricFamily(
+                    f"vesper_replication_{name}", help_text, value=status[name]
+                )
+        lag = GaugeMetricFamily(
+            "vesper_replication_peer_lag_changesets",
+            "Changesets a peer announced that this node lacks",
+            labels=["peer"],
+        )
+        seen = GaugeMetricFamily(
+            "vesper_replication_peer_seconds_since_seen",
+            "Seconds since the peer's last announcement",
+            labels=["peer"],
+        )
+        for peer, info in status.get("peers", {}).items():
+            lag.add_metric([peer], info.get("lag", 0))
+            seen.add_metric([peer], info.get("seconds_since_seen", 0))
+        yield lag
+        yield seen
 
 
 def store_bytes(storage_url: str) -> int | None:
