@@ -28,8 +28,11 @@ from vesper.store import Store
 log = logging.getLogger(__name__)
 
 ANNOUNCE_INTERVAL_S = 5.0
+ACTIVE_ANNOUNCE_INTERVAL_S = 1.0
 GRACE_S = 2.0
-REQUEST_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 5.0
+"""A request with no batch arriving for this long is abandoned and asked again (a lost
+answer must not stall a node for long)."""
 REQUEST_MAX_AGE_S = 60.0
 ANSWER_BATCH = 500
 ANSWER_BATCH_BYTES = 512 * 1024
@@ -73,13 +76,16 @@ class AntiEntropy:
         self._last_announce = 0.0
         self._answering: set[str] = set()
         self._last_revision = ""
+        self._announced = ""
+        self._pending_since: float | None = None
         self._last_change = time.monotonic()
 
     # -- announcing ----------------------------------------------------------------
 
     def announce(self) -> None:
         self._last_announce = time.monotonic()
-        body = {"type": wire.ANNOUNCE, "branch": self._branch_id, "revision": self._store.revision}
+        self._announced = self._store.revision
+        body = {"type": wire.ANNOUNCE, "branch": self._branch_id, "revision": self._announced}
         self._send(
             wire.sync_topic(self._channel),
             wire.encode(body),
@@ -89,7 +95,12 @@ class AntiEntropy:
     def tick(self) -> None:
         """Periodic work (supervisor thread): announce, time out, re-check peers."""
         now = time.monotonic()
-        if now - self._last_announce >= ANNOUNCE_INTERVAL_S:
+        since_last = now - self._last_announce
+        # Idle nodes announce every ANNOUNCE_INTERVAL_S; a node whose revision moved
+        # announces within a second, so peers notice lost messages quickly.
+        if since_last >= ANNOUNCE_INTERVAL_S or (
+            self._store.revision != self._announced and since_last >= ACTIVE_ANNOUNCE_INTERVAL_S
+        ):
             self.announce()
         with self._lock:
             req = self.request
@@ -158,6 +169,11 @@ class AntiEntropy:
         if revision != self._last_revision:
             self._last_revision, self._last_change = revision, now
         stalled = now - self._last_change >= GRACE_S / 2 or self._store.pending_count > 0
+        if self._store.pending_count == 0:
+            self._pending_since = None
+        elif self._pending_since is None:
+            self._pending_since = now
+        gap = self._pending_since is not None and now - self._pending_since >= GRACE_S
         candidate: tuple[int, str] | None = None
         with self._lock:
             for branch, peer in self.peers.items():
@@ -171,6 +187,13 @@ class AntiEntropy:
                     lag = self.lag(peer, have)
                     if candidate is None or lag > candidate[0]:
                         candidate = (lag, branch)
+            if candidate is None and gap and self.request is None:
+                # Changesets wait for a predecessor the broker lost, and no peer's
+                # announcement shows it yet: ask a node that must have it, the origin
+                # of a waiting changeset.
+                origins = [o for o in self._store.pending_origins() if o != self._branch_id]
+                if origins:
+                    candidate = (self._store.pending_count, origins[0])
             if candidate is None or self.request is not None:
                 return
             lag, branch = candidate

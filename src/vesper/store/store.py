@@ -471,6 +471,11 @@ class Store:
     def pending_count(self) -> int:
         return len(self._pending)
 
+    def pending_origins(self) -> list[str]:
+        """Origins of the changesets waiting for a predecessor."""
+        with self.db.lock:
+            return list(self._pending.summary())
+
     # -- history -------------------------------------------------------------------
 
     def _need_history(self) -> None:
