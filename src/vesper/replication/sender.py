@@ -16,6 +16,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
+import stomp.exception
+
 from vesper.replication import wire
 from vesper.replication.link import StompLink
 from vesper.replication.stats import Stats
@@ -77,6 +79,11 @@ class OutboxSender:
             try:
                 self._confirm()
                 self._send_some()
+            except (stomp.exception.StompException, OSError) as exc:
+                # The connection went away mid-send: the supervisor reconnects and the
+                # rows still in the outbox go out again then.
+                log.info("send interrupted (%s); will resend after reconnecting", exc)
+                self._stop.wait(0.2)
             except Exception:
                 self._stats.send_errors += 1
                 log.exception("replication sender failed; retrying")
