@@ -14,7 +14,7 @@ import orjson
 
 from vesper.history.revision import parse_changeset_id, parse_revision
 from vesper.merge.register import ObjectState
-from vesper.storage.database import Database
+from vesper.storage.database import Database, Reader
 
 PAGE_ROWS = 500
 
@@ -43,23 +43,27 @@ def _since(
                 starts.append(rows[0][0])
         if not starts:
             return
-        seq = min(starts) - 1
         sent = 0
-        while True:
-            rows = reader.fetch(
-                "SELECT seq, origin, counter, body FROM changesets "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, PAGE_ROWS),
-            )
-            for _seq, origin, counter, body in rows:
-                if counter > since.get(origin, 0):
-                    yield orjson.loads(body)
-                    sent += 1
-                    if limit is not None and sent >= limit:
-                        return
-            if len(rows) < PAGE_ROWS:
-                return
-            seq = rows[-1][0]
+        for _seq, origin, counter, body in _scan(reader, min(starts) - 1):
+            if counter > since.get(origin, 0):
+                yield orjson.loads(body)
+                sent += 1
+                if limit is not None and sent >= limit:
+                    return
+
+
+def _scan(reader: Reader, after_seq: int) -> Iterator[tuple[int, str, int, str]]:
+    """Changesets ``(seq, origin, counter, body)`` after ``after_seq`` in apply order,
+    a page at a time."""
+    while True:
+        rows = reader.fetch(
+            "SELECT seq, origin, counter, body FROM changesets WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, PAGE_ROWS),
+        )
+        yield from rows
+        if len(rows) < PAGE_ROWS:
+            return
+        after_seq = rows[-1][0]
 
 
 def changeset_by_id(db: Database, changeset_id: str) -> dict[str, Any] | None:
@@ -123,26 +127,16 @@ def object_at(db: Database, obj_id: str, revision: Mapping[str, int]) -> dict[st
 
 def objects_at(db: Database, revision: Mapping[str, int]) -> list[dict[str, Any]]:
     states: dict[str, ObjectState] = {}
-    seq = 0
     with db.snapshot() as reader:
-        while True:
-            rows = reader.fetch(
-                "SELECT seq, origin, counter, body FROM changesets "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, PAGE_ROWS),
-            )
-            for _seq, origin, counter, body_text in rows:
-                if revision.get(origin, 0) < counter:
-                    continue
-                body = orjson.loads(body_text)
-                base = parse_revision(body["base_revision"])
-                for change in body["changes"]:
-                    state = states.get(change["id"])
-                    if state is None:
-                        state = states[change["id"]] = ObjectState(change["id"])
-                    state.apply(change, origin, counter, body["hlc"], base)
-            if len(rows) < PAGE_ROWS:
-                break
-            seq = rows[-1][0]
+        for _seq, origin, counter, body_text in _scan(reader, 0):
+            if revision.get(origin, 0) < counter:
+                continue
+            body = orjson.loads(body_text)
+            base = parse_revision(body["base_revision"])
+            for change in body["changes"]:
+                state = states.get(change["id"])
+                if state is None:
+                    state = states[change["id"]] = ObjectState(change["id"])
+                state.apply(change, origin, counter, body["hlc"], base)
     docs = (states[k].document() for k in sorted(states))
     return [d for d in docs if d is not None]
