@@ -52,13 +52,14 @@ def brokers(
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Callable[..., list[Node]]]:
-    """Start nodes on one new channel; all are stopped at the end."""
+    """Start nodes on one new channel (or the ``channel`` given: a name, or a tuple of
+    names for a hub); all are stopped at the end."""
     made: list[Node] = []
 
     def make(branches: list[str], hosts: list[tuple[str, int]], **kwargs: object) -> list[Node]:
         channel = kwargs.pop("channel", None) or new_channel()
         nodes = [
-            Node(b, hosts, str(channel), tmp_path, **kwargs).start()  # type: ignore[arg-type]
+            Node(b, hosts, channel, tmp_path, **kwargs).start()  # type: ignore[arg-type]
             for b in branches
         ]
         made.extend(nodes)

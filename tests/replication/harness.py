@@ -44,14 +44,15 @@ class Node:
         self,
         branch: str,
         hosts: list[tuple[str, int]],
-        channel: str,
+        channel: str | tuple[str, ...],
         folder: Path,
         send_ack: bool = True,
         heartbeat_ms: int = 1000,
     ) -> None:
         self.branch = branch
         self.hosts = hosts
-        self.channel = channel
+        self.channels = (channel,) if isinstance(channel, str) else channel
+        self.channel = self.channels[0]
         self.url = f"sqlite:///{folder}/{branch}.db"
         self.send_ack = send_ack
         self.heartbeat_ms = heartbeat_ms
@@ -63,7 +64,7 @@ class Node:
         config = ReplicationConfig(
             self.branch,
             tuple(self.hosts),
-            (self.channel,),
+            self.channels,
             send_ack=self.send_ack,
             heartbeat_ms=self.heartbeat_ms,
         )

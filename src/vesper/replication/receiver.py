@@ -38,16 +38,21 @@ class ApplyWorker:
         store: Store,
         branch_id: str,
         stats: Stats,
-        anti_entropy: AntiEntropy,
+        anti_entropy: dict[str, AntiEntropy],
+        routes: dict[str, tuple[str, str]],
         ack: bool,
         current_link: Callable[[], StompLink | None],
+        relay: Callable[[list[Changeset], str | None], None] | None = None,
     ) -> None:
         self._store = store
         self._branch_id = branch_id
         self._stats = stats
         self._anti_entropy = anti_entropy
+        self._first_channel = next(iter(anti_entropy))
+        self._routes = routes
         self._ack = ack
         self._current_link = current_link
+        self._relay = relay
         self._queue: queue.Queue[Delivery | None] = queue.Queue(QUEUE_MAX)
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -92,31 +97,57 @@ class ApplyWorker:
 
     def _process(self, batch: list[Delivery]) -> None:
         changesets: list[Changeset] = []
-        catchups: list[tuple[dict[str, str], int]] = []
+        sources: dict[str, str] = {}
+        catchups: list[tuple[AntiEntropy, dict[str, str], int]] = []
         for delivery in batch:
             self._stats.messages_received += 1
             self._stats.last_message_received = (
                 datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             )
             kind = delivery.headers.get(wire.TYPE, wire.CHANGESETS)
+            route = self._routes.get(delivery.headers.get("subscription", ""))
+            channel = route[1] if route else self._first_channel
+            anti_entropy = self._anti_entropy[channel]
             try:
                 if kind == wire.ANNOUNCE:
-                    self._anti_entropy.on_announce(wire.decode_object(delivery.body))
+                    anti_entropy.on_announce(wire.decode_object(delivery.body))
                 elif kind == wire.REQUEST:
-                    self._anti_entropy.on_request(wire.decode_object(delivery.body))
-                elif kind == wire.CATCHUP:
-                    parsed = self._changesets(delivery, check_origin=False)
-                    changesets.extend(parsed)
-                    catchups.append((delivery.headers, len(parsed)))
+                    anti_entropy.on_request(wire.decode_object(delivery.body))
                 else:
-                    changesets.extend(self._changesets(delivery, check_origin=True))
+                    parsed = self._changesets(delivery, check_origin=kind != wire.CATCHUP)
+                    changesets.extend(parsed)
+                    sources.update((cs.id, channel) for cs in parsed)
+                    if kind == wire.CATCHUP:
+                        catchups.append((anti_entropy, delivery.headers, len(parsed)))
             except (ValueError, VesperError) as exc:
                 self._quarantine(delivery, str(exc))
         if changesets:
-            self._apply(changesets)
-        for headers, n in catchups:
-            self._anti_entropy.on_catchup(headers, n)
+            applied = self._apply(changesets)
+            if self._relay is not None and applied:
+                self._relay_applied(applied, changesets, sources)
+        for anti_entropy, headers, n in catchups:
+            anti_entropy.on_catchup(headers, n)
         self._acknowledge(batch)
+
+    def _relay_applied(
+        self, applied: list[str], changesets: list[Changeset], sources: dict[str, str]
+    ) -> None:
+        assert self._relay is not None
+        given = {cs.id: cs for cs in changesets}
+        by_source: dict[str | None, list[Changeset]] = {}
+        for cs_id in applied:
+            cs = given.get(cs_id)
+            if cs is None:  # released from pending: it came earlier, by any channel
+                body = self._store.changeset(cs_id)
+                if body is None:
+                    continue
+                cs = parse_changeset(body)
+            by_source.setdefault(sources.get(cs_id), []).append(cs)
+        for source, group in by_source.items():
+            try:
+                self._relay(group, source)
+            except Exception:
+                log.warning("relaying %d changesets failed", len(group), exc_info=True)
 
     def _changesets(self, delivery: Delivery, check_origin: bool) -> list[Changeset]:
         sender = delivery.headers.get(wire.CLIENTID)
@@ -134,12 +165,12 @@ class ApplyWorker:
             out.append(parse_changeset(raw, self._branch_id))
         return out
 
-    def _apply(self, changesets: list[Changeset]) -> None:
+    def _apply(self, changesets: list[Changeset]) -> list[str]:
+        """Apply; return the ids applied now (given ones and released pending ones)."""
         self._stats.changesets_received += len(changesets)
         while True:
             try:
-                self._store.apply_parsed(changesets)
-                return
+                return self._store.apply_parsed(changesets).applied
             except VesperError as exc:
                 if not exc.retryable or self._stopping:
                     raise

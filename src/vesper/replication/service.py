@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from vesper.history.changeset import Changeset
 from vesper.replication import wire
 from vesper.replication.brokers import BrokerProfile
 from vesper.replication.catchup import AntiEntropy
@@ -30,6 +31,17 @@ log = logging.getLogger(__name__)
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 10.0
 TICK_S = 0.5
+
+
+def routes(branch_id: str, channels: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """Subscription id -> (what arrives on it, channel): a MESSAGE's ``subscription``
+    header tells the apply worker where it came from."""
+    out: dict[str, tuple[str, str]] = {}
+    for channel in channels:
+        out[f"vesper-{channel}-{branch_id}"] = (wire.CHANGESETS, channel)
+        out[f"vesper-sync-{channel}-{branch_id}"] = (wire.ANNOUNCE, channel)
+        out[f"vesper-queue-{channel}-{branch_id}"] = (wire.REQUEST, channel)
+    return out
 
 
 @dataclass(frozen=True)
@@ -72,10 +84,12 @@ class ReplicationService:
         self._stop = threading.Event()
         self._next_host = 0
         self.profile: BrokerProfile | None = None
-        # Catch-up runs on the first channel: every node of a channel shares it.
-        self.anti_entropy = AntiEntropy(
-            store, config.branch_id, config.channels[0], self.stats, self._send
-        )
+        # Catch-up runs on every channel: a hub answers the nodes of each of them.
+        self.anti_entropy = {
+            channel: AntiEntropy(store, config.branch_id, channel, self.stats, self._send)
+            for channel in config.channels
+        }
+        self._routes = routes(config.branch_id, config.channels)
         self.sender = OutboxSender(
             store, config.channels, config.branch_id, self.stats, self.current_link
         )
@@ -84,8 +98,10 @@ class ReplicationService:
             config.branch_id,
             self.stats,
             self.anti_entropy,
+            self._routes,
             config.send_ack,
             self.current_link,
+            self.relay if len(config.channels) > 1 else None,
         )
         self._thread: threading.Thread | None = None
 
@@ -142,7 +158,8 @@ class ReplicationService:
                 self._lost.clear()
                 continue
             try:
-                self.anti_entropy.tick()
+                for anti_entropy in self.anti_entropy.values():
+                    anti_entropy.tick()
             except Exception:
                 log.exception("anti-entropy tick failed")
 
@@ -191,29 +208,41 @@ class ReplicationService:
             profile.server or profile.name,
             ", ".join(self.config.channels),
         )
-        self.anti_entropy.on_connected()
+        for anti_entropy in self.anti_entropy.values():
+            anti_entropy.on_connected()
         self.sender.wake()
         return True
 
     def _subscribe(self, link: StompLink, profile: BrokerProfile) -> None:
         ack = "client-individual" if self.config.send_ack else "auto"
         branch = self.config.branch_id
+        for sub_id, (kind, channel) in self._routes.items():
+            if kind == wire.CHANGESETS:
+                link.subscribe(
+                    wire.topic(channel), sub_id, ack, profile.durable_topic_headers(branch, channel)
+                )
+            elif kind == wire.ANNOUNCE:
+                # Announcements are only useful live: a plain subscription.
+                link.subscribe(wire.sync_topic(channel), sub_id, "auto", {})
+            else:
+                link.subscribe(
+                    wire.node_queue(channel, branch), sub_id, ack, profile.queue_headers()
+                )
+
+    def relay(self, changesets: list[Changeset], source: str | None) -> None:
+        """A hub republishes changesets it applied for the first time on its other
+        channels, unchanged and under their origin's ``clientid``. Each node applies a
+        changeset once, so nothing loops; a lost relay is repaired by catch-up, since
+        the hub announces the relayed changesets on every channel."""
+        by_origin: dict[str, list[bytes]] = {}
+        for cs in changesets:
+            by_origin.setdefault(cs.origin, []).append(cs.encode())
         for channel in self.config.channels:
-            link.subscribe(
-                wire.topic(channel),
-                f"vesper-{channel}-{branch}",
-                ack,
-                profile.durable_topic_headers(branch, channel),
-            )
-        channel = self.config.channels[0]
-        # Announcements are only useful live: a plain (non-durable) subscription.
-        link.subscribe(wire.sync_topic(channel), f"vesper-sync-{channel}-{branch}", "auto", {})
-        link.subscribe(
-            wire.node_queue(channel, branch),
-            f"vesper-queue-{channel}-{branch}",
-            ack,
-            profile.queue_headers(),
-        )
+            if channel == source:
+                continue
+            for origin, bodies in by_origin.items():
+                headers = {wire.CLIENTID: origin, "persistent": "true", wire.TYPE: wire.CHANGESETS}
+                self._send(wire.topic(channel), b"[" + b",".join(bodies) + b"]", headers)
 
     def _on_lost(self, link: StompLink) -> None:
         if link is self._link:
@@ -250,5 +279,12 @@ class ReplicationService:
             "catchup_requests_answered": s.catchup_requests_answered,
             "catchup_changesets_received": s.catchup_changesets_received,
         }
-        out.update(self.anti_entropy.status())
+        peers: dict[str, Any] = {}
+        catchup = None
+        for channel, anti_entropy in self.anti_entropy.items():
+            part = anti_entropy.status()
+            for branch, info in part["peers"].items():
+                peers.setdefault(branch, {**info, "channel": channel})
+            catchup = catchup or part["catchup"]
+        out.update(peers=peers, catchup=catchup)
         return out
