@@ -14,3 +14,12 @@ def test_readme_python_example_runs() -> None:
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
     exec(compile(code.group(1), "README.md", "exec"), {})
+
+
+def test_readme_configuration_table_lists_every_variable() -> None:
+    from vesper.config import known_variables
+
+    text = README.read_text()
+    table = text.split("### Configuration reference", 1)[1].split("\n\n", 2)[1]
+    for variable in known_variables():
+        assert f"| `{variable.name}` |" in table, variable.name
