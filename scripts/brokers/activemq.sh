@@ -13,7 +13,7 @@ start)
     port=${3:?PORT}
     mkdir -p "$dir/conf" "$dir/data"
     cp /etc/activemq/instances-available/main/log4j2.properties "$dir/conf/" 2>/dev/null || true
-    sed -e "s#<transportConnector name=\"openwire\"[^>]*/>#<transportConnector name=\"stomp\" uri=\"stomp://127.0.0.1:${port}?transport.hbGracePeriodMultiplier=1.5\"/>#" \
+    sed -e "s#<transportConnector name=\"openwire\"[^>]*/>#<transportConnector name=\"stomp\" uri=\"stomp://127.0.0.1:${port}?transport.hbGracePeriodMultiplier=1.5\&amp;transport.tcpNoDelay=true\"/>#" \
         /etc/activemq/instances-available/main/activemq.xml > "$dir/conf/activemq.xml"
     grep -q "stomp://127.0.0.1:${port}" "$dir/conf/activemq.xml"
     java -Xmx512M -Dactivemq.base="$dir" -Dactivemq.home="$home" -Dactivemq.conf="$dir/conf" \

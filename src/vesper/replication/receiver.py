@@ -195,9 +195,15 @@ class ApplyWorker:
         link = self._current_link()
         if link is None:
             return
+        # Subscriptions use ``client`` acks, which are cumulative: acknowledging the last
+        # message of each subscription in the batch acknowledges all before it, one
+        # ACK frame instead of one per message. Messages of a connection that is gone
+        # are left to the broker, which redelivers them.
+        last: dict[str, Delivery] = {}
         for delivery in batch:
-            if delivery.generation != link.generation:
-                continue  # that connection is gone; the broker redelivers
+            if delivery.generation == link.generation:
+                last[delivery.headers.get("subscription", "")] = delivery
+        for delivery in last.values():
             try:
                 link.ack(delivery.headers)
             except Exception:

@@ -214,7 +214,7 @@ class ReplicationService:
         return True
 
     def _subscribe(self, link: StompLink, profile: BrokerProfile) -> None:
-        ack = "client-individual" if self.config.send_ack else "auto"
+        ack = "client" if self.config.send_ack else "auto"
         branch = self.config.branch_id
         for sub_id, (kind, channel) in self._routes.items():
             if kind == wire.CHANGESETS:

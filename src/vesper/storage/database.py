@@ -69,6 +69,7 @@ class Database:
     def __init__(self, location: StorageLocation) -> None:
         self.location = location
         self.lock = threading.RLock()
+        self._pool_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._lock_file: Any = None
         self._closed = False
@@ -183,7 +184,8 @@ class Database:
             self._checkin_reader(conn)
 
     def _checkout_reader(self) -> sqlite3.Connection:
-        with self.lock:
+        # The pool has its own lock: a reader must never wait behind a commit.
+        with self._pool_lock:
             if self._closed:
                 raise StoreClosed("the store is closed")
             if self._readers:
@@ -191,7 +193,7 @@ class Database:
         return self._connect(READER_CACHE_KIB)
 
     def _checkin_reader(self, conn: sqlite3.Connection) -> None:
-        with self.lock:
+        with self._pool_lock:
             if not self._closed and len(self._readers) < READER_POOL_SIZE:
                 self._readers.append(conn)
                 return
@@ -204,9 +206,10 @@ class Database:
             self._closed = True
             if self._checkpointer is not None:
                 self._checkpointer.stop()
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+            with self._pool_lock:
+                for conn in self._readers:
+                    conn.close()
+                self._readers.clear()
             conn = getattr(self, "conn", None)
             if conn is not None:
                 if self.location.path is not None:
