@@ -65,7 +65,8 @@ def test_broker_restarted_in_the_middle_of_a_stream(
     broker.start()
     writer.join()
     wait_converged([a, b], timeout=90)
-    assert b.s.count == 1_500 and a.status()["outbox"] == 0
+    assert b.s.count == 1_500
+    wait_for(lambda: a.status()["outbox"] == 0, what="A's outbox confirmed")
 
 
 def test_failover_to_the_second_broker_recovers_stranded_changesets(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +33,9 @@ node through ActiveMQ), while a quiet node still sends each commit at once."""
 BATCH_CHANGESETS = 100
 BATCH_BYTES = 256 * 1024
 IDLE_WAKE_S = 1.0
+CONFIRM_BATCH = 1_000
+CONFIRM_DELAY_S = 0.1
+GATHER_S = 0.002
 
 
 class OutboxSender:
@@ -55,6 +59,8 @@ class OutboxSender:
         self._confirmed: deque[str] = deque()
         self._sent_upto = 0
         self._generation = -1
+        self._unflushed: list[int] = []
+        self._unflushed_since = 0.0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -77,7 +83,10 @@ class OutboxSender:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(IDLE_WAKE_S)
+            self._wake.wait(CONFIRM_DELAY_S if self._unflushed else IDLE_WAKE_S)
+            # Let a burst of commits gather before sending: one wake-up per burst instead
+            # of one per commit keeps the sender from taking the GIL from the committers.
+            time.sleep(GATHER_S)
             self._wake.clear()
             try:
                 self._confirm()
@@ -91,22 +100,39 @@ class OutboxSender:
                 self._stats.send_errors += 1
                 log.exception("replication sender failed; retrying")
                 self._stop.wait(1.0)
+        try:
+            self._confirm(force=True)
+        except Exception:
+            log.warning("could not record the last confirmations", exc_info=True)
 
-    def _confirm(self) -> None:
-        seqs: list[int] = []
+    def _confirm(self, force: bool = False) -> None:
+        """Free the in-flight slots of confirmed messages at once; delete their outbox
+        rows in batches. Every delete is a write transaction competing with commits,
+        and a row confirmed but not yet deleted when the node dies is merely sent again
+        (receivers drop duplicates)."""
         while self._confirmed:
             receipt_id = self._confirmed.popleft()
             with self._lock:
-                seqs.extend(self._in_flight.pop(receipt_id, ()))
-        if seqs:
-            self._store.outbox_confirm(seqs)
+                seqs = self._in_flight.pop(receipt_id, ())
+            if seqs and not self._unflushed:
+                self._unflushed_since = time.monotonic()
+            self._unflushed.extend(seqs)
+        if self._unflushed and (
+            force
+            or len(self._unflushed) >= CONFIRM_BATCH
+            or time.monotonic() - self._unflushed_since >= CONFIRM_DELAY_S
+        ):
+            self._store.outbox_confirm(self._unflushed)
+            self._unflushed = []
 
     def _send_some(self) -> None:
         link = self._current_link()
         if link is None or not link.connected:
             return
         if link.generation != self._generation:
-            # New connection: receipts of the old one will never come; resend all.
+            # New connection: receipts of the old one will never come; resend all that
+            # is still in the outbox once the confirmed rows are out of it.
+            self._confirm(force=True)
             with self._lock:
                 self._in_flight.clear()
             self._sent_upto = 0
