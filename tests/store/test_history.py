@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from vesper.errors import HistoryDisabled, InvalidRevision
@@ -103,3 +104,13 @@ def test_reopened_store_keeps_revision_clock_and_history(file_url: str) -> None:
         s.update("a", {"x": 3})
         assert s.changeset("A.3")["hlc"] > hlc  # type: ignore[index]
         assert s.changeset("A.3")["base_revision"] == "A.2"  # type: ignore[index]
+
+
+def test_query_snapshot_names_the_revision_of_its_contents(file_url: str) -> None:
+    with open_store(file_url, "A") as s:
+        s.create([{"id": f"o{i:04}"} for i in range(1200)])
+        revision, rows = s.query_snapshot()
+        s.create({"id": "zzz-after"})  # lands after the snapshot began
+        ids = [orjson.loads(r)["id"] for r in rows]
+        assert revision == "A.1" and len(ids) == 1200 and "zzz-after" not in ids
+        assert s.query_snapshot(limit=0)[0] == "A.2"

@@ -22,10 +22,6 @@ from vesper.api.streaming import ThreadedBatches, array_response
 
 LIST_PARAMS = ("where", "limit", "after")
 
-#: Attempts at pairing a listing with the exact revision of its snapshot (see
-#: ``list_objects``); after that the answer carries a revision it contains.
-LIST_REVISION_TRIES = 3
-
 
 def routes(ctx: ApiContext) -> list[BaseRoute]:
     async def create_objects(request: Request) -> Response:
@@ -47,21 +43,14 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         where = json_object_param(params, "where")
         limit = int_param(params, "limit")
         after = params.get("after")
-        store = ctx.store
-        for attempt in range(LIST_REVISION_TRIES):
-            # A file store's snapshot starts with the first batch. The revision is read
-            # under the store's write lock, so if it is the same before and after that
-            # batch no commit landed in between and it names the snapshot exactly.
-            revision = store.revision
-            batches = ThreadedBatches(store.query_json(where, limit, after))
-            try:
-                first = await batches.next()
-            except BaseException:
-                batches.close()
-                raise
-            if store.revision == revision or attempt == LIST_REVISION_TRIES - 1:
-                break
+        # The revision is read in the listing's own snapshot: it names its contents.
+        revision, rows = await ctx.read(ctx.store.query_snapshot, where, limit, after)
+        batches = ThreadedBatches(rows)
+        try:
+            first = await batches.next()
+        except BaseException:
             batches.close()
+            raise
         tail = b'],"revision":' + orjson.dumps(revision) + b"}"
         return array_response(b'{"results":[', first, batches, tail)
 

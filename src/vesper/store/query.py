@@ -10,6 +10,7 @@ import orjson
 
 from vesper.document.values import check_value, json_equal
 from vesper.errors import InvalidDocument
+from vesper.history.revision import format_revision
 from vesper.storage.database import Database
 
 PAGE_ROWS = 500
@@ -61,25 +62,31 @@ def _prefilter(where: Where) -> tuple[str, list[Any]]:
 
 def iter_objects(
     db: Database, where: Where, limit: int | None = None, after: str | None = None
-) -> Iterator[str]:
-    """Live objects' JSON text in id order, from one snapshot, a page at a time."""
+) -> tuple[str, Iterator[str]]:
+    """The revision of one snapshot, and its live objects' JSON text in id order, a page
+    at a time. The snapshot (a read transaction) is open from this call until the
+    iterator is exhausted or closed."""
     if limit is not None and (type(limit) is not int or limit < 0):
         raise InvalidDocument(f"limit must be a non-negative integer, got {limit!r}")
     if after is not None and not isinstance(after, str):
         raise InvalidDocument(f"after must be a string id, got {type(after).__name__}")
-    return _iter(db, where, limit, after or "")
+    rows = _iter(db, where, limit, after or "")
+    revision = next(rows)
+    return revision, rows
 
 
 def _iter(db: Database, where: Where, limit: int | None, after: str) -> Iterator[str]:
-    remaining = limit
-    if remaining == 0:
-        return
     extra_sql, extra_params = _prefilter(where)
     sql = (
         f"SELECT id, doc FROM objects WHERE live = 1 AND id > ?{extra_sql} "
         f"ORDER BY id LIMIT {PAGE_ROWS}"
     )
     with db.snapshot() as reader:
+        state = reader.fetch("SELECT value FROM meta WHERE key = 'state'")
+        yield format_revision(orjson.loads(state[0][0])["vv"]) if state else ""
+        remaining = limit
+        if remaining == 0:
+            return
         while True:
             rows = reader.fetch(sql, [after, *extra_params])
             for _obj_id, doc in rows:

@@ -411,6 +411,16 @@ class Store:
         after: str | None = None,
     ) -> Iterator[str]:
         """Like :meth:`query`, yielding stored JSON text (no re-encoding)."""
+        return self.query_snapshot(where, limit, after)[1]
+
+    def query_snapshot(
+        self,
+        where: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> tuple[str, Iterator[str]]:
+        """``query_json`` plus the revision its snapshot shows, read in the same read
+        transaction (so a listing names exactly the revision of its contents)."""
         spec: Where = parse_where(where)
         return iter_objects(self.db, spec, limit, after)
 
