@@ -117,9 +117,19 @@ def test_forged_and_malformed_messages_are_counted_not_applied(
         conn.send(topic, orjson.dumps(forged), headers={"clientid": "Z"})
         conn.send(topic, b"{not json", headers={"clientid": "Z"})
         conn.send(topic, b'{"id": "Z.1"}', headers={"clientid": "Z"})
+        # A header claiming a catch-up answer does not lift the origin check on the topic.
+        conn.send(
+            topic, orjson.dumps([forged]), headers={"clientid": "Z", "vesper-type": "catchup"}
+        )
+        # A malformed request on B's queue is quarantined; nothing else is affected.
+        conn.send(
+            f"/queue/{a.channel}.B",
+            b'{"type": "request", "branch": "X", "since": 5}',
+            headers={"clientid": "X", "vesper-type": "request"},
+        )
     finally:
         conn.disconnect()
-    wait_for(lambda: b.status()["receive_errors"] >= 3, what="three rejected messages")
+    wait_for(lambda: b.status()["receive_errors"] >= 5, what="five rejected messages")
     assert b.s.get("x") == {"id": "x"} and b.s.revision == "A.1"
     a.s.update("x", {"after": True})  # the subscription still works
     wait_converged([a, b])

@@ -222,3 +222,15 @@ def test_store_refuses_another_branch_id_and_a_second_process(file_url: str) -> 
         open_store(file_url, "A")
     with pytest.raises(StorageError, match="belongs to branch 'A'"):
         open_store(file_url, "B")
+
+
+def test_a_bad_pending_copy_does_not_shadow_the_genuine_changeset() -> None:
+    a, b = stores("A", "B")
+    a.create({"id": "x"})
+    a.update("x", {"v": 2})
+    b.apply(a.changeset("A.1"))
+    bogus = copy.deepcopy(a.changeset("A.2"))
+    bogus.update(base_revision="A.1,Z.9", revision="A.2,Z.9")  # an impossible context
+    assert b.apply(bogus).pending == ["A.2"]
+    assert b.apply(a.changeset("A.2")).applied == ["A.2"]
+    assert b.pending_count == 0 and b.get("x") == {"id": "x", "v": 2}

@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 ANNOUNCE_INTERVAL_S = 5.0
 ACTIVE_ANNOUNCE_INTERVAL_S = 1.0
 GRACE_S = 2.0
+MAX_WAIT_S = 10.0
 REQUEST_TIMEOUT_S = 5.0
 """A request with no batch arriving for this long is abandoned and asked again (a lost
 answer must not stall a node for long)."""
-REQUEST_MAX_AGE_S = 60.0
 ANSWER_BATCH = 500
 ANSWER_BATCH_BYTES = 512 * 1024
 PROGRESS_LOG_S = 5.0
@@ -182,8 +182,9 @@ class AntiEntropy:
                     continue
                 if peer.behind_since is None or dominates(have, peer.behind_snapshot):
                     peer.behind_since, peer.behind_snapshot = now, dict(peer.revision)
-                waited = now - peer.behind_since >= GRACE_S
-                if (waited and stalled) or not have:
+                waited = now - peer.behind_since
+                # Behind for long even while other traffic flows: ask anyway.
+                if (waited >= GRACE_S and stalled) or waited >= MAX_WAIT_S or not have:
                     lag = self.lag(peer, have)
                     if candidate is None or lag > candidate[0]:
                         candidate = (lag, branch)
@@ -219,11 +220,16 @@ class AntiEntropy:
         self._stats.catchup_changesets_received += applied
         with self._lock:
             req = self.request
-            if req is None or headers.get(wire.REQUEST_ID) != req.request_id:
+            # Batches of an earlier request to the same peer count as progress too: an
+            # answer still streaming is what the new request would bring again.
+            if req is None or (
+                headers.get(wire.REQUEST_ID) != req.request_id
+                and headers.get(wire.CLIENTID) != req.peer
+            ):
                 return
             req.received += applied
             req.last_progress = time.monotonic()
-            if headers.get(wire.LAST) == "true":
+            if headers.get(wire.LAST) == "true" and headers.get(wire.REQUEST_ID) == req.request_id:
                 took = time.monotonic() - req.started
                 log.info(
                     "catch-up from %s done: %d changesets in %.1f s", req.peer, req.received, took
@@ -239,8 +245,6 @@ class AntiEntropy:
         asker = body.get("branch")
         if not isinstance(asker, str) or asker == self._branch_id:
             return
-        if time.time() * 1000 - body.get("time_ms", 0) > REQUEST_MAX_AGE_S * 1000:
-            return  # queued while we were away; the asker has moved on
         since = parse_revision(body.get("since", ""))
         request_id = str(body.get("request_id", ""))
         with self._lock:

@@ -28,7 +28,10 @@ from vesper.store import Store
 log = logging.getLogger(__name__)
 
 QUEUE_MAX = 20_000
-BATCH_CHANGESETS = 2_000
+BATCH_MESSAGES = 2_000
+BATCH_BYTES = 4 * 1024 * 1024
+"""A batch (one SQLite transaction) ends at this many messages or body bytes; catch-up
+messages carry up to 500 changesets each, so bytes bound its size too."""
 RETRY_S = 1.0
 
 
@@ -79,8 +82,8 @@ class ApplyWorker:
             if first is None:
                 return
             batch = [first]
-            count = 0
-            while count < BATCH_CHANGESETS:
+            size = len(first.body)
+            while len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -89,11 +92,20 @@ class ApplyWorker:
                     self._stopping = True
                     break
                 batch.append(item)
-                count += 1
+                size += len(item.body)
             try:
                 self._process(batch)
             except Exception:
-                log.exception("apply worker failed on a batch of %d messages", len(batch))
+                # Nothing of this batch was acknowledged, and nothing after it may be:
+                # a later cumulative ACK would cover these messages. Drop the connection
+                # so the broker redelivers everything unacknowledged.
+                log.exception(
+                    "apply worker failed on a batch of %d messages; reconnecting for redelivery",
+                    len(batch),
+                )
+                link = self._current_link()
+                if link is not None and link.generation == batch[-1].generation:
+                    link.close()
 
     def _process(self, batch: list[Delivery]) -> None:
         changesets: list[Changeset] = []
@@ -104,9 +116,13 @@ class ApplyWorker:
             self._stats.last_message_received = (
                 datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             )
-            kind = delivery.headers.get(wire.TYPE, wire.CHANGESETS)
             route = self._routes.get(delivery.headers.get("subscription", ""))
-            channel = route[1] if route else self._first_channel
+            kind, channel = route if route else (wire.CHANGESETS, self._first_channel)
+            if kind == wire.REQUEST:
+                # The node's queue carries requests and catch-up answers; the topic only
+                # changesets (whatever a header claims) and the sync topic announcements.
+                header = delivery.headers.get(wire.TYPE)
+                kind = wire.CATCHUP if header == wire.CATCHUP else wire.REQUEST
             anti_entropy = self._anti_entropy[channel]
             try:
                 if kind == wire.ANNOUNCE:
@@ -119,8 +135,8 @@ class ApplyWorker:
                     sources.update((cs.id, channel) for cs in parsed)
                     if kind == wire.CATCHUP:
                         catchups.append((anti_entropy, delivery.headers, len(parsed)))
-            except (ValueError, VesperError) as exc:
-                self._quarantine(delivery, str(exc))
+            except Exception as exc:
+                self._quarantine(delivery, f"{type(exc).__name__}: {exc}")
         if changesets:
             applied = self._apply(changesets)
             if self._relay is not None and applied:

@@ -165,8 +165,14 @@ class ReplicationService:
 
     def _connect_any(self) -> bool:
         hosts = self.config.hosts
+        old = self._link
+        self._link = None
+        start = self._next_host
+        if old is not None:
+            old.close()
+            start += 1  # a connection was lost: try the brokers after that one first
         for i in range(len(hosts)):
-            index = (self._next_host + i) % len(hosts)
+            index = (start + i) % len(hosts)
             if self._stop.is_set():
                 return False
             if self._connect(hosts[index]):
@@ -175,11 +181,6 @@ class ReplicationService:
         return False
 
     def _connect(self, host: tuple[str, int]) -> bool:
-        old = self._link
-        self._link = None
-        if old is not None:
-            old.close()
-            self._next_host += 1  # start the next round after the broker that failed
         self._generation += 1
         link = StompLink(
             host,

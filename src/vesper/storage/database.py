@@ -141,6 +141,11 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+            except sqlite3.DatabaseError as exc:
+                # Disk full, I/O error, locked database: nothing was written, and the
+                # same call may succeed later (the replication worker retries it).
+                conn.execute("ROLLBACK")
+                raise StorageError(f"write failed: {exc}") from exc
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

@@ -246,11 +246,13 @@ class Store:
             self.db.write() as conn,
         ):
             for cs in parsed:
-                if self._vv.get(cs.origin, 0) >= cs.counter or self._pending.has(cs):
-                    duplicates.append(cs.id)
-                elif self._deliverable(cs):
+                # Deliverable first: a copy already waiting as pending (perhaps a bad
+                # one with an impossible causal context) must not shadow a good one.
+                if self._deliverable(cs):
                     self._apply_one(conn, cs)
                     applied.append(cs.id)
+                elif self._vv.get(cs.origin, 0) >= cs.counter or self._pending.has(cs):
+                    duplicates.append(cs.id)
                 else:
                     self._pending.add(conn, cs)
                     pending.append(cs.id)
