@@ -26,11 +26,8 @@ import argparse
 import cProfile
 import io
 import json
-import os
-import platform
 import pstats
 import random
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -46,6 +43,7 @@ SRC = ROOT / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+import benchlib  # noqa: E402 - bench/ is on sys.path when a script runs
 from vesper.store.store import Store, open_store  # noqa: E402
 
 APPLY_BATCH = 500
@@ -365,23 +363,7 @@ BENCHES: dict[str, Callable[[Path, Sizes, bool], list[Figure]]] = {
 # -- report ----------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "sqlite": sqlite3.sqlite_version,
-        "platform": platform.platform(),
-    }
+machine = benchlib.machine
 
 
 def format_value(value: float, unit: str) -> str:

@@ -41,11 +41,9 @@ import logging
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -66,6 +64,7 @@ if str(SRC) not in sys.path:
 
 import stomp  # noqa: E402
 
+import benchlib  # noqa: E402 - bench/ is on sys.path when a script runs
 from vesper.broker.process import BrokerProcess  # noqa: E402
 from vesper.replication.brokers import BrokerProfile, detect  # noqa: E402
 from vesper.replication.service import ReplicationConfig, ReplicationService  # noqa: E402
@@ -904,21 +903,9 @@ BENCHES: dict[str, Callable[[BrokerInfo, Path, Sizes, dict[str, Any]], list[Figu
 
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "stomp.py": str(stomp.__version__),
-        "platform": platform.platform(),
-        "loadavg_at_start": os.getloadavg()[0],
-    }
+    return benchlib.machine(
+        **{"stomp.py": str(stomp.__version__), "loadavg_at_start": os.getloadavg()[0]}
+    )
 
 
 def format_value(value: float, unit: str) -> str:

@@ -1,0 +1,28 @@
+"""What every benchmark script prints about the machine it ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+from typing import Any
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """Cores, CPU model, Python and SQLite versions, platform, plus ``extra``."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "nproc": nproc,
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        **extra,
+    }
