@@ -94,7 +94,7 @@ class Node:
         callers on an event loop run it in a thread.
         """
         store = self.store
-        revision, digest = self._revision_and_digest(store)
+        revision, digest = store.revision_and_digest()
         outbox, pending = store.outbox_count, store.pending_count
         if self.replication is not None:
             replication = self.replication.status()
@@ -109,10 +109,6 @@ class Node:
             "outbox": outbox,
             "replication": replication,
         }
-
-    @staticmethod
-    def _revision_and_digest(store: Store) -> tuple[str, str]:
-        return store.revision_and_digest()
 
 
 def disabled_replication_status(outbox: int = 0, pending: int = 0) -> dict[str, Any]:

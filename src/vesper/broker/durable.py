@@ -21,6 +21,16 @@ def _rabbit_name(headers: dict[str, str], sub_id: str, destination: str) -> str:
     return "rabbitmq:" + (headers.get("x-queue-name") or f"{sub_id}@{destination}")
 
 
+def _activemq_name(amq: str, client_id: str | None) -> str:
+    """ActiveMQ keys a durable subscription on (client-id, subscriptionName)."""
+    if not client_id:
+        raise ProtocolError(
+            "durable subscription needs a client-id",
+            f"{AMQ_NAME}:{amq} requires a client-id header on CONNECT",
+        )
+    return f"activemq:{client_id}:{amq}"
+
+
 def subscribe_name(
     headers: dict[str, str], client_id: str | None, sub_id: str, destination: str
 ) -> str | None:
@@ -29,12 +39,7 @@ def subscribe_name(
         return None
     amq = headers.get(AMQ_NAME)
     if amq is not None:
-        if not client_id:
-            raise ProtocolError(
-                "durable subscription needs a client-id",
-                f"{AMQ_NAME}:{amq} requires a client-id header on CONNECT",
-            )
-        return f"activemq:{client_id}:{amq}"
+        return _activemq_name(amq, client_id)
     durable = _is_true(headers.get("durable")) or _is_true(headers.get("persistent"))
     # RabbitMQ deletes a durable:true queue on disconnect unless auto-delete:false.
     if durable and headers.get("auto-delete", "").strip().lower() == "false":
@@ -52,12 +57,7 @@ def unsubscribe_name(
     """The durable subscription an UNSUBSCRIBE asks to delete, or None to only detach."""
     amq = headers.get(AMQ_NAME)
     if amq is not None:
-        if not client_id:
-            raise ProtocolError(
-                "durable subscription needs a client-id",
-                f"{AMQ_NAME}:{amq} requires a client-id header on CONNECT",
-            )
-        return f"activemq:{client_id}:{amq}"
+        return _activemq_name(amq, client_id)
     if _is_true(headers.get("durable")) or _is_true(headers.get("persistent")):
         if live_name is not None and live_name.startswith("rabbitmq:"):
             return live_name

@@ -55,12 +55,11 @@ class Peer:
 class Request:
     peer: str
     request_id: str
-    sent: float
+    started: float
     expected: int
     received: int = 0
     last_progress: float = field(default_factory=time.monotonic)
     last_log: float = field(default_factory=time.monotonic)
-    started: float = field(default_factory=time.monotonic)
 
 
 class AntiEntropy:

@@ -20,7 +20,7 @@ from vesper.history.changeset import Changeset
 from vesper.replication import wire
 from vesper.replication.brokers import BrokerProfile
 from vesper.replication.catchup import AntiEntropy
-from vesper.replication.link import LinkError, StompLink
+from vesper.replication.link import StompLink
 from vesper.replication.receiver import ApplyWorker
 from vesper.replication.sender import OutboxSender
 from vesper.replication.stats import Stats
@@ -197,7 +197,7 @@ class ReplicationService:
         try:
             profile = link.connect()
             self._subscribe(link, profile)
-        except (LinkError, Exception) as exc:
+        except Exception as exc:
             log.warning("cannot replicate through %s:%d: %s", host[0], host[1], exc)
             link.close()
             return False

@@ -269,8 +269,7 @@ class Store:
         states = self._load_states(conn, {c["id"] for c in cs.changes})
         self._clock.observe(cs.hlc)
         self._write_changes(conn, states, cs.changes, cs.origin, cs.counter, cs.hlc, cs.base)
-        seq = self._insert_changeset(conn, cs.origin, cs.counter, cs.body, cs.changes)
-        del seq  # relaying (hub nodes) will queue it in the outbox of the other channels
+        self._insert_changeset(conn, cs.origin, cs.counter, cs.body, cs.changes)
         self._vv[cs.origin] = cs.counter
 
     def _drain_pending(self, conn: Any) -> list[str]:
