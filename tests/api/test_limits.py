@@ -50,9 +50,32 @@ def test_declared_length_over_the_limit_gets_413_without_sending_the_body(
             b"POST /api/objects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100000000\r\n\r\n"
         )
-        answer = sock.recv(65536)
+        answer = read_response(sock)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'{"error":' in answer
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response: the head, then as many body bytes as it declares.
+
+    TCP may deliver the head and the body in separate segments, so a single recv()
+    can return only part of the answer.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    declared = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    length = int(declared.group(1)) if declared else None
+    while length is None or len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def test_unexpected_exception_is_500_logged_and_the_node_keeps_serving(
