@@ -69,6 +69,7 @@ from vesper.broker.process import BrokerProcess  # noqa: E402
 from vesper.replication.brokers import BrokerProfile, detect  # noqa: E402
 from vesper.replication.service import ReplicationConfig, ReplicationService  # noqa: E402
 from vesper.store import Store, open_store  # noqa: E402
+from vesper.trust.keys import NodeKey  # noqa: E402
 
 now = time.monotonic
 """CLOCK_MONOTONIC on Linux: one clock for this process and its children."""
@@ -329,7 +330,9 @@ class Node:
 
     def start(self) -> None:
         self.store = open_store(self.url, self.branch, save_history=True, outbox=True)
-        config = ReplicationConfig(self.branch, (self.host,), (self.channel,))
+        config = ReplicationConfig(
+            self.branch, (self.host,), (self.channel,), key=NodeKey.generate()
+        )
         self.service = ReplicationService(self.store, config)
         self.service.start()
 

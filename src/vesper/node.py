@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any, Protocol
 
 from vesper.config import Settings
 from vesper.errors import StoreClosed
 from vesper.store import Store, open_store_from_settings
+from vesper.trust.keys import NodeKey
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,25 @@ class Node:
                 from vesper.replication.service import ReplicationConfig
                 from vesper.replication.service import ReplicationService as Service
 
-                service = Service(self._store, ReplicationConfig.from_settings(self.settings))
+                key = self._load_key()
+                service = Service(self._store, ReplicationConfig.from_settings(self.settings, key))
                 service.start()
                 self.replication = service
         return self
+
+    def _load_key(self) -> NodeKey:
+        path = Path(self.settings.effective_key_file)
+        key, created = NodeKey.load_or_create(
+            path, create=self.settings.replication_key_file is None
+        )
+        log.info(
+            "node %s public key %s (%s %s)",
+            self.branch_id,
+            key.public,
+            "new key written to" if created else "read from",
+            path,
+        )
+        return key
 
     def close(self) -> None:
         """Stop replication, then close the store. Safe to call more than once."""
@@ -102,6 +119,7 @@ class Node:
             replication = disabled_replication_status(outbox, pending)
         return {
             "branch_id": self.branch_id,
+            "public_key": replication.pop("public_key", None),
             "revision": revision,
             "digest": digest,
             "objects": store.count,
@@ -126,4 +144,6 @@ def disabled_replication_status(outbox: int = 0, pending: int = 0) -> dict[str, 
         "pending": pending,
         "last_message_received": None,
         "peers": {},
+        "forks": 0,
+        "quarantined": {},
     }

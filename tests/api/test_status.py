@@ -12,6 +12,7 @@ from tests.api.helpers import error_of, sample
 REPLICATION_KEYS = {
     "enabled", "connected", "channel", "broker", "messages_sent", "messages_received",
     "send_errors", "receive_errors", "outbox", "pending", "last_message_received", "peers",
+    "forks", "quarantined",
 }  # fmt: skip
 
 
@@ -23,8 +24,9 @@ def spec_digest(objects: list[dict]) -> str:
 def test_status_shape_and_digest(http: httpx.Client) -> None:
     http.post("/api/objects", json=[{"id": "s1", "é": "ü", "n": 1.5}, {"id": "s0"}])
     status = http.get("/api/status").json()
-    assert set(status) == {"branch_id", "revision", "digest", "objects", "pending", "outbox",
-                           "replication"}  # fmt: skip
+    assert set(status) == {"branch_id", "public_key", "revision", "digest", "objects",
+                           "pending", "outbox", "replication"}  # fmt: skip
+    assert status["public_key"] is None  # a node that does not replicate signs nothing
     assert status["branch_id"] == "N1"
     listing = http.get("/api/objects").json()
     assert status["revision"] == listing["revision"]

@@ -340,6 +340,11 @@ def test_unknown_name_in_overrides() -> None:
         ("replication_heartbeat_ms", -1, "an integer >= 0"),
         ("replication_heartbeat_ms", 1.5, "an integer >= 0"),
         ("replication_heartbeat_ms", False, "an integer >= 0"),
+        ("replication_key_file", 5, "a string or None"),
+        ("replication_trusted_keys", "0A", "a mapping of branch id"),
+        ("replication_trusted_keys", ["0A"], "a mapping of branch id"),
+        ("replication_peer_expiry", 0, "an integer >= 1"),
+        ("replication_max_pending", 0, "an integer >= 1"),
         ("storage_url", "postgres://x", "'sqlite:///relative.db', 'sqlite:////abs/path.db'"),
         ("storage_url", "sqlite://x.db", "'sqlite:///relative.db'"),
         ("storage_url", "sqlite:///", "'sqlite:///relative.db'"),
@@ -610,3 +615,13 @@ def test_docs_mention_every_variable_and_alias() -> None:
         assert f"| `{variable.name}` |" in docs, variable.name
         for alias in variable.aliases:
             assert f"`{alias}`" in docs, alias
+
+
+def test_trusted_keys_must_be_public_keys_as_keygen_prints_them() -> None:
+    from vesper.trust.keys import NodeKey
+
+    good = NodeKey.generate().public
+    message = error_of(replication_trusted_keys={"0A": [good, "ed25519:AAAA"]})
+    assert message.startswith("replication_trusted_keys: '0A' has 'ed25519:AAAA'"), message
+    settings = Settings(replication_trusted_keys={"0A": good, "0B": [good]})
+    assert settings.replication_trusted_keys == {"0A": (good,), "0B": (good,)}

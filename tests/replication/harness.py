@@ -14,6 +14,7 @@ from typing import Any
 
 from vesper.replication.service import ReplicationConfig, ReplicationService
 from vesper.store import Store, open_store
+from vesper.trust.keys import NodeKey
 
 DEADLINE_S = 60.0
 
@@ -58,6 +59,8 @@ class Node:
         self.heartbeat_ms = heartbeat_ms
         self.store: Store | None = None
         self.service: ReplicationService | None = None
+        self.key = NodeKey.generate()
+        """Kept across restarts, as a real node keeps its key file."""
 
     def start(self) -> Node:
         self.store = open_store(self.url, self.branch, save_history=True, outbox=True)
@@ -67,6 +70,7 @@ class Node:
             self.channels,
             send_ack=self.send_ack,
             heartbeat_ms=self.heartbeat_ms,
+            key=self.key,
         )
         self.service = ReplicationService(self.store, config)
         self.service.start()

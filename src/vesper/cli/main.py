@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "serve": ("vesper.cli.serve", "run one node: HTTP API plus replication"),
     "broker": ("vesper.broker.cli", "run the embedded STOMP broker"),
     "cluster": ("vesper.cli.cluster", "demo: an embedded broker and N replicating nodes"),
+    "keygen": ("vesper.cli.keygen", "print a new Ed25519 key pair for replication_key_file"),
 }
 
 

@@ -25,6 +25,8 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8000
 DEFAULT_API_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_LOG_LEVEL: Final = "info"
+DEFAULT_REPLICATION_PEER_EXPIRY_S: Final = 7 * 24 * 3600
+DEFAULT_REPLICATION_MAX_PENDING: Final = 100_000
 
 BROKERS = ("activemq", "rabbitmq", "vesper")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -159,6 +161,32 @@ def _check_hosts(name: str, value: object) -> tuple[tuple[str, int], ...] | None
     return tuple(_parse_host_port(name, item) for item in value) or None
 
 
+def _check_trusted_keys(name: str, value: object) -> dict[str, tuple[str, ...]] | None:
+    # Imported here: the settings table must load without the crypto package.
+    from vesper.trust.keys import is_public_key
+
+    expected = "a mapping of branch id to an 'ed25519:...' public key or a list of them"
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _fail(name, expected, value)
+    out: dict[str, tuple[str, ...]] = {}
+    for branch, keys in value.items():
+        if not isinstance(branch, str) or not _ID_RE.fullmatch(branch):
+            raise _fail(name, "branch ids of 1 to 64 characters of A-Z a-z 0-9 _ - as keys", branch)
+        listed = [keys] if isinstance(keys, str) else keys
+        if not isinstance(listed, list | tuple) or not listed:
+            raise _fail(name, expected, keys)
+        for key in listed:
+            if not is_public_key(key):
+                raise ConfigError(
+                    f"{name}: {branch!r} has {str(key)[:60]!r}, which is not an Ed25519 "
+                    "public key as 'vesper keygen' prints it ('ed25519:...')"
+                )
+        out[branch] = tuple(listed)
+    return out or None
+
+
 def _check_storage_url(name: str, value: object) -> str | None:
     if value is None:
         return None
@@ -222,6 +250,25 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("replication_heartbeat_ms", "int", DEFAULT_REPLICATION_HEARTBEAT_MS,
              "STOMP heart-beat interval in milliseconds; 0 disables heart-beats",
              "10000", _int_range(0)),
+    Variable("replication_key_file", "str | None", None,
+             "this node's Ed25519 private key (PEM, mode 0600, as 'vesper keygen' "
+             "writes it); None means <work_dir>/<branch_id>.key, created on first start",
+             "'/etc/vesper/node.key'", _check_optional_str),
+    Variable("replication_trusted_keys", "dict of str to str or list | None", None,
+             "branch id -> its public key(s) (several during a rotation); changesets and "
+             "control messages of other branches or keys are refused; None or empty "
+             "means trust on first use (the first key seen for a branch is pinned)",
+             "{'0A': 'ed25519:...', '0B': ['ed25519:...', 'ed25519:...']}",
+             _check_trusted_keys),
+    Variable("replication_peer_expiry", "int", DEFAULT_REPLICATION_PEER_EXPIRY_S,
+             "seconds after its last announcement a peer leaves the peer list and "
+             "catch-up stops asking it; must be > 0",
+             "86400", _int_range(1)),
+    Variable("replication_max_pending", "int", DEFAULT_REPLICATION_MAX_PENDING,
+             "most changesets kept waiting for a missing predecessor (one origin may "
+             "hold a quarter of them); past it they are dropped and fetched again by "
+             "catch-up later; must be > 0",
+             "20000", _int_range(1)),
     Variable("storage_url", "str | None", None,
              "'sqlite:///relative.db', 'sqlite:////abs/path.db' (optionally with "
              "'?synchronous=normal|full') or 'mem://'; None means <work_dir>/<branch_id>.db",
@@ -303,6 +350,10 @@ class Settings:
     replication_login: str | None = None
     replication_passcode: str | None = field(default=None, repr=False)
     replication_heartbeat_ms: int = DEFAULT_REPLICATION_HEARTBEAT_MS
+    replication_key_file: str | None = None
+    replication_trusted_keys: dict[str, tuple[str, ...]] | None = None
+    replication_peer_expiry: int = DEFAULT_REPLICATION_PEER_EXPIRY_S
+    replication_max_pending: int = DEFAULT_REPLICATION_MAX_PENDING
     storage_url: str | None = None
     work_dir: str = DEFAULT_WORK_DIR
     host: str = DEFAULT_HOST
@@ -361,3 +412,10 @@ class Settings:
             return self.storage_url
         # An absolute work_dir yields four slashes, the SQLAlchemy form of an absolute path.
         return "sqlite:///" + posixpath.join(self.work_dir, f"{self.branch_id}.db")
+
+    @property
+    def effective_key_file(self) -> str:
+        """``replication_key_file``, or ``<work_dir>/<branch_id>.key`` when unset."""
+        if self.replication_key_file is not None:
+            return self.replication_key_file
+        return posixpath.join(self.work_dir, f"{self.branch_id}.key")

@@ -2,14 +2,20 @@
 
 The wire and storage format (docs/changesets.md) is one JSON object::
 
-    {"id": "B.7", "origin": "B", "revision": "A.3,B.7", "base_revision": "A.3,B.6",
-     "hlc": 114227931629322240, "time": "2026-11-21T23:30:00.123Z",
+    {"v": 2, "id": "B.7", "origin": "B", "revision": "A.3,B.7", "base_revision": "A.3,B.6",
+     "prev": "<hex SHA-256 of B.6>", "hlc": 114227931629322240,
+     "time": "2026-11-21T23:30:00.123Z",
      "changes": [{"id": "doc1", "op": "update", "exists": true,
-                  "set": {"title": "x"}, "unset": ["draft"]}]}
+                  "set": {"title": "x"}, "unset": ["draft"]}],
+     "key": "ed25519:...", "sig": "..."}
 
 ``revision`` is the origin's version vector after the commit and ``base_revision`` the
-one before it (the changeset's causal context). Unknown top-level fields are kept and
-passed on unchanged, so older nodes relay changesets of newer ones.
+one before it (the changeset's causal context). ``prev`` chains each origin's
+changesets: it is the content hash (``trust.signing.content_hash``) of the origin's
+previous changeset. ``key`` and ``sig`` are the origin's signature, added when the
+changeset is first sent. Format 1 (no ``v``, no ``prev``) is what stores written before
+signing hold. Unknown top-level fields are kept and passed on unchanged, so older nodes
+relay changesets of newer ones.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ import orjson
 from vesper.document.values import check_id, check_value
 from vesper.errors import InvalidChangeset, InvalidDocument, InvalidRevision
 from vesper.history.revision import parse_changeset_id, parse_revision
+from vesper.trust.signing import content_hash
 
 OPS = frozenset({"create", "replace", "update", "delete"})
 MAX_CHANGESET_BYTES = 64 * 1024 * 1024
+FORMAT_VERSION = 2
+"""``v`` of the changesets this version writes: signed and hash-chained."""
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,18 @@ class Changeset:
     """One entry per object: id, op, exists, and set/unset properties."""
     body: dict[str, Any]
     """The whole JSON object as received or built, extra fields included."""
+    hash: str
+    """Content hash: hex SHA-256 of the canonical form without ``sig`` and ``key``."""
+
+    @property
+    def prev(self) -> str | None:
+        """Content hash of the origin's previous changeset ("" before the first one);
+        None in format 1, which has no chain."""
+        return self.body.get("prev")
+
+    @property
+    def signed(self) -> bool:
+        return "sig" in self.body
 
     @property
     def id(self) -> str:
@@ -116,6 +138,7 @@ def _parse(body: dict[str, Any], own_branch: str | None) -> Changeset:
     hlc = _require(body, "hlc", int)
     if hlc < 0 or hlc >= 2**63:
         raise InvalidChangeset(f"changeset {body['id']}: hlc {hlc} is out of range")
+    _check_chain_fields(body, counter)
     changes = _require(body, "changes", list)
     seen: set[str] = set()
     for i, change in enumerate(changes):
@@ -123,7 +146,29 @@ def _parse(body: dict[str, Any], own_branch: str | None) -> Changeset:
         if change["id"] in seen:
             raise InvalidChangeset(f"changeset {body['id']}: object {change['id']!r} appears twice")
         seen.add(change["id"])
-    return Changeset(origin, counter, base, hlc, changes, body)
+    return Changeset(origin, counter, base, hlc, changes, body, content_hash(body))
+
+
+def _check_chain_fields(body: dict[str, Any], counter: int) -> None:
+    where = f"changeset {body['id']}"
+    version = body.get("v")
+    if version is None:
+        if "prev" in body:
+            raise InvalidChangeset(f"{where}: 'prev' needs format version 'v': 2")
+    elif type(version) is not int or version != FORMAT_VERSION:
+        raise InvalidChangeset(
+            f"{where}: format version {str(version)[:20]!r} is not {FORMAT_VERSION}, "
+            "the one this node reads (upgrade it)"
+        )
+    else:
+        prev = _require(body, "prev", str)
+        if counter == 1 and prev != "":
+            raise InvalidChangeset(f"{where}: the first changeset of an origin has prev ''")
+        if counter > 1 and (len(prev) != 64 or not _HEX.issuperset(prev)):
+            raise InvalidChangeset(f"{where}: prev must be 64 lowercase hex digits")
+    for name in ("sig", "key"):
+        if name in body and (type(body[name]) is not str or len(body[name]) > 100):
+            raise InvalidChangeset(f"{where}: {name!r} must be a short string")
 
 
 def _check_change(change: object, where: str) -> None:

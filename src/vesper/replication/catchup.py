@@ -9,6 +9,12 @@ that peer a request on the peer's queue; the peer answers with every changeset t
 asker lacks, from its own history, in causal order, in batches on the asker's queue.
 Any node can answer for any origin, so a new empty node bootstraps the whole store this
 way. One request is outstanding at a time, so peers do not all answer at once.
+
+Announcements and requests are signed by their sender and verified before they get
+here. The peer list is bounded (``MAX_PEERS``; the longest silent peer makes room) and
+forgets a peer not heard from for ``peer_expiry_s``. A request that times out counts
+against its peer, so the next request goes to another peer that has what is missing
+rather than to one silent peer in a loop.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from vesper.history.revision import dominates, format_revision, parse_revision
 from vesper.replication import wire
 from vesper.replication.stats import Stats
 from vesper.store import Store
+from vesper.trust.keys import NodeKey
+from vesper.trust.signing import sign
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,8 @@ answer must not stall a node for long)."""
 ANSWER_BATCH = 500
 ANSWER_BATCH_BYTES = 512 * 1024
 PROGRESS_LOG_S = 5.0
+MAX_PEERS = 1_000
+DEFAULT_PEER_EXPIRY_S = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -49,6 +61,8 @@ class Peer:
     behind_snapshot: dict[str, int] = field(default_factory=dict)
     """Its revision at ``behind_since``: what must arrive before the grace runs out."""
     wall: str = ""
+    timeouts: int = 0
+    """Requests to it that went unanswered since it last answered one."""
 
 
 @dataclass
@@ -63,8 +77,19 @@ class Request:
 
 
 class AntiEntropy:
-    def __init__(self, store: Store, branch_id: str, channel: str, stats: Stats, send: Any) -> None:
+    def __init__(
+        self,
+        store: Store,
+        branch_id: str,
+        channel: str,
+        stats: Stats,
+        send: Any,
+        key: NodeKey,
+        peer_expiry_s: float = DEFAULT_PEER_EXPIRY_S,
+    ) -> None:
         self._store = store
+        self._key = key
+        self._peer_expiry_s = peer_expiry_s
         self._branch_id = branch_id
         self._channel = channel
         self._stats = stats
@@ -87,7 +112,7 @@ class AntiEntropy:
         body = {"type": wire.ANNOUNCE, "branch": self._branch_id, "revision": self._announced}
         self._send(
             wire.sync_topic(self._channel),
-            wire.encode(body),
+            wire.encode(sign(body, self._key)),
             {wire.CLIENTID: self._branch_id, wire.TYPE: wire.ANNOUNCE},
         )
 
@@ -111,6 +136,9 @@ class AntiEntropy:
                     req.expected,
                 )
                 self.request = None
+                peer = self.peers.get(req.peer)
+                if peer is not None:
+                    peer.timeouts += 1
             elif req is not None and now - req.last_log >= PROGRESS_LOG_S:
                 req.last_log = now
                 rate = req.received / max(now - req.started, 1e-3)
@@ -121,6 +149,10 @@ class AntiEntropy:
                     req.expected,
                     rate,
                 )
+            expired = [b for b, p in self.peers.items() if now - p.seen > self._peer_expiry_s]
+            for branch in expired:
+                log.info("peer %s silent for %.0f s: forgotten", branch, self._peer_expiry_s)
+                del self.peers[branch]
         self._maybe_request(now)
 
     def on_connected(self) -> None:
@@ -142,6 +174,9 @@ class AntiEntropy:
             peer = self.peers.get(branch)
             new = peer is None
             if peer is None:
+                if len(self.peers) >= MAX_PEERS:
+                    stalest = min(self.peers, key=lambda b: self.peers[b].seen)
+                    del self.peers[stalest]
                 peer = self.peers[branch] = Peer(revision, now)
             peer.revision, peer.seen = revision, now
             peer.wall = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -173,7 +208,7 @@ class AntiEntropy:
         elif self._pending_since is None:
             self._pending_since = now
         gap = self._pending_since is not None and now - self._pending_since >= GRACE_S
-        candidate: tuple[int, str] | None = None
+        candidate: tuple[int, int, str] | None = None
         with self._lock:
             for branch, peer in self.peers.items():
                 if dominates(have, peer.revision):
@@ -185,18 +220,25 @@ class AntiEntropy:
                 # Behind for long even while other traffic flows: ask anyway.
                 if (waited >= GRACE_S and stalled) or waited >= MAX_WAIT_S or not have:
                     lag = self.lag(peer, have)
-                    if candidate is None or lag > candidate[0]:
-                        candidate = (lag, branch)
+                    # Fewest unanswered requests first, then the most to give.
+                    if candidate is None or (-peer.timeouts, lag) > (-candidate[0], candidate[1]):
+                        candidate = (peer.timeouts, lag, branch)
             if candidate is None and gap and self.request is None:
                 # Changesets wait for a predecessor the broker lost, and no peer's
                 # announcement shows it yet: ask a node that must have it, the origin
-                # of a waiting changeset.
-                origins = [o for o in self._store.pending_origins() if o != self._branch_id]
+                # of a waiting changeset, if it is a peer that announced itself (an
+                # invented origin must not make this node ask nobody in a loop).
+                origins = [
+                    o
+                    for o in self._store.pending_origins()
+                    if o != self._branch_id and o in self.peers
+                ]
                 if origins:
-                    candidate = (self._store.pending_count, origins[0])
+                    origin = min(origins, key=lambda o: self.peers[o].timeouts)
+                    candidate = (self.peers[origin].timeouts, self._store.pending_count, origin)
             if candidate is None or self.request is not None:
                 return
-            lag, branch = candidate
+            _, lag, branch = candidate
             self.request = Request(branch, uuid.uuid4().hex, now, lag)
             request_id = self.request.request_id
         log.info("asking %s for ~%d changesets this node lacks", branch, lag)
@@ -210,7 +252,7 @@ class AntiEntropy:
         self._stats.catchup_requests_sent += 1
         self._send(
             wire.node_queue(self._channel, branch),
-            wire.encode(body),
+            wire.encode(sign(body, self._key)),
             {wire.CLIENTID: self._branch_id, wire.TYPE: wire.REQUEST},
         )
 
@@ -234,6 +276,9 @@ class AntiEntropy:
                     "catch-up from %s done: %d changesets in %.1f s", req.peer, req.received, took
                 )
                 self.request = None
+                answered = self.peers.get(req.peer)
+                if answered is not None:
+                    answered.timeouts = 0
                 for peer in self.peers.values():
                     peer.behind_since = None
 
@@ -271,7 +316,11 @@ class AntiEntropy:
             for changeset in self._store.changesets(since=since):
                 if changeset["origin"] == asker:
                     continue  # it has its own history
-                encoded = wire.encode(changeset)
+                if changeset["origin"] == self._branch_id and "sig" not in changeset:
+                    # Our own, committed before replication ran or not yet confirmed
+                    # by the broker: signed now (deterministic, as the sender signs).
+                    changeset = sign(changeset, self._key)
+                encoded = orjson.dumps(changeset)
                 if batch and (
                     len(batch) >= ANSWER_BATCH or size + len(encoded) > ANSWER_BATCH_BYTES
                 ):

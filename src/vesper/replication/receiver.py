@@ -3,8 +3,9 @@
 stomp.py hands frames over on its receiver thread; they queue here and one worker
 thread applies them in batches, many changesets per SQLite transaction (group commit),
 and only then acknowledges the messages: an acknowledged changeset is applied or stored
-as pending, durably. A message that is not valid is counted, logged and acknowledged
-(quarantined), so it can never block the subscription.
+as pending, durably. Nothing reaches the store or the anti-entropy before the verifier
+has checked its signature and its signer's trust. A message that is refused is counted,
+logged, kept in the quarantine and acknowledged, so it can never block the subscription.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from vesper.errors import InvalidChangeset, VesperError
 from vesper.history.changeset import Changeset, parse_changeset
 from vesper.replication import wire
 from vesper.replication.catchup import AntiEntropy
 from vesper.replication.link import Delivery, StompLink
+from vesper.replication.quarantine import Quarantine, Rejected
 from vesper.replication.stats import Stats
 from vesper.store import Store
+from vesper.store.store import ApplyResult
+from vesper.trust.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ class ApplyWorker:
         routes: dict[str, tuple[str, str]],
         ack: bool,
         current_link: Callable[[], StompLink | None],
+        verifier: Verifier,
+        quarantine: Quarantine,
         relay: Callable[[list[Changeset], str | None], None] | None = None,
     ) -> None:
         self._store = store
@@ -56,10 +61,13 @@ class ApplyWorker:
         self._ack = ack
         self._current_link = current_link
         self._relay = relay
+        self._verifier = verifier
+        self._own_key = verifier.keyring.own_key
+        self.quarantine = quarantine
         self._queue: queue.Queue[Delivery | None] = queue.Queue(QUEUE_MAX)
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.quarantined: list[dict[str, Any]] = []
+        self._rejected: list[Rejected] = []
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vesper-apply", daemon=True)
@@ -110,6 +118,7 @@ class ApplyWorker:
     def _process(self, batch: list[Delivery]) -> None:
         changesets: list[Changeset] = []
         sources: dict[str, str] = {}
+        carriers: dict[str, Delivery] = {}
         catchups: list[tuple[AntiEntropy, dict[str, str], int]] = []
         for delivery in batch:
             self._stats.messages_received += 1
@@ -125,25 +134,69 @@ class ApplyWorker:
                 kind = wire.CATCHUP if header == wire.CATCHUP else wire.REQUEST
             anti_entropy = self._anti_entropy[channel]
             try:
-                if kind == wire.ANNOUNCE:
-                    anti_entropy.on_announce(wire.decode_object(delivery.body))
-                elif kind == wire.REQUEST:
-                    anti_entropy.on_request(wire.decode_object(delivery.body))
+                if kind in (wire.ANNOUNCE, wire.REQUEST):
+                    body = wire.decode_object(delivery.body)
+                    problem = self._verifier.control(body)
+                    if problem is not None:
+                        self._reject(delivery, *problem)
+                    elif kind == wire.ANNOUNCE:
+                        anti_entropy.on_announce(body)
+                    else:
+                        anti_entropy.on_request(body)
                 else:
                     parsed = self._changesets(delivery, check_origin=kind != wire.CATCHUP)
-                    changesets.extend(parsed)
-                    sources.update((cs.id, channel) for cs in parsed)
+                    good, refused = self._verifier.changesets(parsed)
+                    for refusal in refused:
+                        self._reject(delivery, refusal.reason, refusal.detail)
+                    changesets.extend(good)
+                    sources.update((cs.id, channel) for cs in good)
+                    carriers.update((cs.id, delivery) for cs in good)
                     if kind == wire.CATCHUP:
-                        catchups.append((anti_entropy, delivery.headers, len(parsed)))
+                        catchups.append((anti_entropy, delivery.headers, len(good)))
             except Exception as exc:
-                self._quarantine(delivery, f"{type(exc).__name__}: {exc}")
+                self._reject(delivery, "malformed", f"{type(exc).__name__}: {exc}")
         if changesets:
-            applied = self._apply(changesets)
-            if self._relay is not None and applied:
-                self._relay_applied(applied, changesets, sources)
+            result = self._apply(changesets)
+            self._report(result, carriers)
+            if self._relay is not None and result.applied:
+                self._relay_applied(result.applied, changesets, sources)
         for anti_entropy, headers, n in catchups:
             anti_entropy.on_catchup(headers, n)
+        # Kept before acknowledging: a refused message is acknowledged only once its
+        # quarantine entry is durable.
+        rejected, self._rejected = self._rejected, []
+        self.quarantine.add(rejected)
         self._acknowledge(batch)
+
+    def _report(self, result: ApplyResult, carriers: dict[str, Delivery]) -> None:
+        for fork in result.forks:
+            cs = fork.changeset
+            self._stats.forks += 1
+            log.error("%s; not applied, quarantined", fork.describe())
+            delivery = carriers.get(cs.id)
+            self._rejected.append(
+                Rejected(
+                    fork.reason,
+                    fork.describe(),
+                    dict(delivery.headers) if delivery else {"released": "pending"},
+                    cs.encode(),
+                )
+            )
+        by_message: dict[int, list[Changeset]] = {}
+        for cs in result.dropped:
+            by_message.setdefault(id(carriers.get(cs.id)), []).append(cs)
+        for group in by_message.values():
+            delivery = carriers.get(group[0].id)
+            self._rejected.append(
+                Rejected(
+                    "pending_full",
+                    f"{len(group)} changesets of {group[0].origin} not kept (first "
+                    f"{group[0].id}): the pending set is full for that origin; catch-up "
+                    "fetches them again once their predecessors are here",
+                    dict(delivery.headers) if delivery else {},
+                    group[0].encode(),
+                )
+            )
 
     def _relay_applied(
         self, applied: list[str], changesets: list[Changeset], sources: dict[str, str]
@@ -173,6 +226,15 @@ class ApplyWorker:
         for raw in wire.decode_changesets(delivery.body):
             origin = raw.get("origin") if isinstance(raw, dict) else None
             if origin == self._branch_id:
+                if isinstance(raw, dict) and raw.get("key") not in (None, self._own_key):
+                    # Someone signs changesets as this node: another node configured
+                    # with this branch id, or an impostor. Reported, never obeyed.
+                    self._reject(
+                        delivery,
+                        "key_mismatch",
+                        f"changeset {str(raw.get('id'))[:80]} claims this node's branch "
+                        f"{origin} under another key {str(raw.get('key'))[:80]}",
+                    )
                 continue
             if check_origin and origin != sender:
                 raise InvalidChangeset(
@@ -181,12 +243,11 @@ class ApplyWorker:
             out.append(parse_changeset(raw, self._branch_id))
         return out
 
-    def _apply(self, changesets: list[Changeset]) -> list[str]:
-        """Apply; return the ids applied now (given ones and released pending ones)."""
+    def _apply(self, changesets: list[Changeset]) -> ApplyResult:
         self._stats.changesets_received += len(changesets)
         while True:
             try:
-                return self._store.apply_parsed(changesets).applied
+                return self._store.apply_parsed(changesets)
             except VesperError as exc:
                 if not exc.retryable or self._stopping:
                     raise
@@ -195,15 +256,15 @@ class ApplyWorker:
                 log.error("applying %d changesets failed (%s); retrying", len(changesets), exc)
                 time.sleep(RETRY_S)
 
-    def _quarantine(self, delivery: Delivery, reason: str) -> None:
+    def _reject(self, delivery: Delivery, reason: str, detail: str) -> None:
         self._stats.receive_errors += 1
-        entry = {
-            "reason": reason,
-            "headers": dict(delivery.headers),
-            "body": delivery.body[:500].decode(errors="replace"),
-        }
-        self.quarantined = [*self.quarantined[-99:], entry]
-        log.warning("rejected message from %s: %s", delivery.headers.get(wire.CLIENTID), reason)
+        self._rejected.append(Rejected(reason, detail, dict(delivery.headers), delivery.body))
+        log.warning(
+            "rejected message from %s (%s): %s",
+            delivery.headers.get(wire.CLIENTID),
+            reason,
+            detail,
+        )
 
     def _acknowledge(self, batch: list[Delivery]) -> None:
         if not self._ack:

@@ -6,6 +6,11 @@ comes after the broker stored it). Sends are pipelined: up to ``MAX_IN_FLIGHT``
 messages wait for receipts at once. After a reconnect everything still in the outbox is
 sent again; receivers drop the duplicates. A backlog travels several changesets per
 message, past the broker's per-message ceiling.
+
+The sender signs each changeset as it first sends it (Ed25519, about 30 us): on this
+thread rather than in the commit, so a commit pays only for its chain hash. The signed
+body replaces the stored one when the broker confirms it, so catch-up answers and
+relays carry the origin's own signature.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
+import orjson
 import stomp.exception
 
 from vesper.replication import wire
 from vesper.replication.link import StompLink
 from vesper.replication.stats import Stats
 from vesper.store import Store
+from vesper.trust.keys import NodeKey
+from vesper.trust.signing import sign
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +54,12 @@ class OutboxSender:
         branch_id: str,
         stats: Stats,
         current_link: Callable[[], StompLink | None],
+        key: NodeKey,
     ) -> None:
         self._store = store
+        self._key = key
+        self._signed: dict[int, str] = {}
+        """Bodies signed here and not yet stored: seq -> signed JSON text."""
         self._channels = channels
         self._branch_id = branch_id
         self._stats = stats
@@ -122,7 +134,8 @@ class OutboxSender:
             or len(self._unflushed) >= CONFIRM_BATCH
             or time.monotonic() - self._unflushed_since >= CONFIRM_DELAY_S
         ):
-            self._store.outbox_confirm(self._unflushed)
+            signed = {s: self._signed.pop(s) for s in self._unflushed if s in self._signed}
+            self._store.outbox_confirm(self._unflushed, signed)
             self._unflushed = []
 
     def _send_some(self) -> None:
@@ -135,6 +148,7 @@ class OutboxSender:
             self._confirm(force=True)
             with self._lock:
                 self._in_flight.clear()
+            self._signed.clear()
             self._sent_upto = 0
             self._generation = link.generation
         while not self._stop.is_set():
@@ -149,11 +163,20 @@ class OutboxSender:
                 self._send_batch(link, batch)
                 self._sent_upto = batch[-1][0]
 
+    def _sign(self, seq: int, text: str) -> str:
+        body = orjson.loads(text)
+        if "sig" in body:
+            return text  # signed when first sent, before a restart
+        signed = orjson.dumps(sign(body, self._key)).decode()
+        self._signed[seq] = signed
+        return signed
+
     def _send_batch(self, link: StompLink, batch: list[tuple[int, str]]) -> None:
-        if len(batch) == 1:
-            body = batch[0][1].encode()
+        texts = [self._sign(seq, text) for seq, text in batch]
+        if len(texts) == 1:
+            body = texts[0].encode()
         else:
-            body = b"[" + b",".join(text.encode() for _, text in batch) + b"]"
+            body = b"[" + b",".join(text.encode() for text in texts) + b"]"
         receipt = uuid.uuid4().hex
         with self._lock:
             self._in_flight[receipt] = [seq for seq, _ in batch]

@@ -21,10 +21,14 @@ from vesper.replication import wire
 from vesper.replication.brokers import BrokerProfile
 from vesper.replication.catchup import AntiEntropy
 from vesper.replication.link import StompLink
+from vesper.replication.quarantine import Quarantine
 from vesper.replication.receiver import ApplyWorker
 from vesper.replication.sender import OutboxSender
 from vesper.replication.stats import Stats
 from vesper.store import Store
+from vesper.trust.keyring import Keyring
+from vesper.trust.keys import NodeKey
+from vesper.trust.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +58,14 @@ class ReplicationConfig:
     login: str | None = None
     passcode: str | None = None
     heartbeat_ms: int = 1000
+    key: NodeKey | None = None
+    """Signs this node's changesets and control messages (required: a node that got a
+    new key at every start would be refused by the peers that pinned its first one)."""
+    trusted_keys: dict[str, tuple[str, ...]] | None = None
+    peer_expiry_s: float = 7 * 24 * 3600.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ReplicationConfig:
+    def from_settings(cls, settings: Any, key: NodeKey | None = None) -> ReplicationConfig:
         return cls(
             branch_id=settings.branch_id or settings.trunk_id,
             hosts=tuple(settings.replication_hosts or ()),
@@ -66,6 +75,9 @@ class ReplicationConfig:
             login=settings.replication_login,
             passcode=settings.replication_passcode,
             heartbeat_ms=settings.replication_heartbeat_ms,
+            key=key,
+            trusted_keys=settings.replication_trusted_keys,
+            peer_expiry_s=settings.replication_peer_expiry,
         )
 
 
@@ -84,14 +96,26 @@ class ReplicationService:
         self._stop = threading.Event()
         self._next_host = 0
         self.profile: BrokerProfile | None = None
+        if config.key is None:
+            raise ValueError("replication needs the node's key (ReplicationConfig.key)")
+        self.key = config.key
+        self.keyring = Keyring(store.db, config.branch_id, self.key.public, config.trusted_keys)
         # Catch-up runs on every channel: a hub answers the nodes of each of them.
         self.anti_entropy = {
-            channel: AntiEntropy(store, config.branch_id, channel, self.stats, self._send)
+            channel: AntiEntropy(
+                store,
+                config.branch_id,
+                channel,
+                self.stats,
+                self._send,
+                self.key,
+                config.peer_expiry_s,
+            )
             for channel in config.channels
         }
         self._routes = routes(config.branch_id, config.channels)
         self.sender = OutboxSender(
-            store, config.channels, config.branch_id, self.stats, self.current_link
+            store, config.channels, config.branch_id, self.stats, self.current_link, self.key
         )
         self.worker = ApplyWorker(
             store,
@@ -101,6 +125,8 @@ class ReplicationService:
             self._routes,
             config.send_ack,
             self.current_link,
+            Verifier(self.keyring),
+            Quarantine(store.db),
             self.relay if len(config.channels) > 1 else None,
         )
         self._thread: threading.Thread | None = None
@@ -279,6 +305,11 @@ class ReplicationService:
             "catchup_requests_sent": s.catchup_requests_sent,
             "catchup_requests_answered": s.catchup_requests_answered,
             "catchup_changesets_received": s.catchup_changesets_received,
+            "public_key": self.key.public,
+            "trust": "trust on first use" if self.keyring.trust_on_first_use else "configured",
+            "forks": s.forks,
+            "quarantined": dict(sorted(self.worker.quarantine.counts.items())),
+            "quarantine_held": self.worker.quarantine.held,
         }
         peers: dict[str, Any] = {}
         catchup = None

@@ -18,3 +18,4 @@ class Stats:
     catchup_requests_sent: int = 0
     catchup_requests_answered: int = 0
     catchup_changesets_received: int = 0
+    forks: int = 0

@@ -62,6 +62,17 @@ CREATE TABLE IF NOT EXISTS pending (
     PRIMARY KEY (origin, counter)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS key_pins (   -- trust on first use: branch -> its first key
+    branch TEXT PRIMARY KEY, key TEXT NOT NULL, pinned TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine ( -- rejected messages, newest kept
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    excerpt TEXT NOT NULL
+);
 """
 
 

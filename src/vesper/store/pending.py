@@ -21,15 +21,23 @@ class PendingIndex:
     def __init__(self) -> None:
         self._by_origin: dict[str, dict[int, dict[str, int]]] = {}
         self._size = 0
+        self.bytes = 0
+        """Body bytes held (approximate after a restart: counted from the table)."""
         self._journal: list[tuple[bool, str, int, dict[str, int]]] = []
 
     @classmethod
     def load(cls, db: Database) -> PendingIndex:
         index = cls()
-        for origin, counter, base in db.fetch("SELECT origin, counter, base FROM pending"):
+        for origin, counter, base, size in db.fetch(
+            "SELECT origin, counter, base, length(body) FROM pending"
+        ):
             index._by_origin.setdefault(origin, {})[counter] = parse_revision(base)
             index._size += 1
+            index.bytes += size
         return index
+
+    def count(self, origin: str) -> int:
+        return len(self._by_origin.get(origin, ()))
 
     def __len__(self) -> int:
         return self._size
@@ -38,10 +46,12 @@ class PendingIndex:
         return cs.counter in self._by_origin.get(cs.origin, ())
 
     def add(self, conn: Any, cs: Changeset) -> None:
+        body = orjson.dumps(cs.body).decode()
         conn.execute(
             "INSERT INTO pending(origin, counter, base, body) VALUES (?, ?, ?, ?)",
-            (cs.origin, cs.counter, format_revision(cs.base), orjson.dumps(cs.body).decode()),
+            (cs.origin, cs.counter, format_revision(cs.base), body),
         )
+        self.bytes += len(body)
         self._put(cs.origin, cs.counter, cs.base)
         self._journal.append((True, cs.origin, cs.counter, cs.base))
 
@@ -65,6 +75,7 @@ class PendingIndex:
         ).fetchone()
         base = self._drop(origin, counter)
         self._journal.append((False, origin, counter, base))
+        self.bytes = max(0, self.bytes - len(row[0]))
         return row[0]
 
     def _put(self, origin: str, counter: int, base: dict[str, int]) -> None:

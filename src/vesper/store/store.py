@@ -15,13 +15,13 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from vesper.errors import HistoryDisabled, InvalidChangeset, InvalidOperation, StorageError
-from vesper.history.changeset import Changeset, iso_time, parse_changeset
+from vesper.history.changeset import FORMAT_VERSION, Changeset, iso_time, parse_changeset
 from vesper.history.hlc import HybridClock, wall_ms_of
 from vesper.history.revision import (
     dominates,
@@ -36,6 +36,7 @@ from vesper.store import history as history_queries
 from vesper.store.ops import Op, fold, object_op, parse_op, update_op
 from vesper.store.pending import PendingIndex
 from vesper.store.query import Where, iter_objects, parse_where
+from vesper.trust.signing import content_hash
 
 if TYPE_CHECKING:
     from vesper.config import Settings
@@ -46,6 +47,10 @@ _IN_CHUNK = 500
 
 
 GC_PAUSE_OBJECTS = 1_000
+DEFAULT_MAX_PENDING = 100_000
+MAX_PENDING_BYTES = 512 * 1024 * 1024
+PENDING_SHARE = 4
+"""One origin may hold at most 1/PENDING_SHARE of the pending set."""
 
 
 @contextlib.contextmanager
@@ -79,6 +84,33 @@ class CommitResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Fork:
+    """Two different changesets of one origin where its history allows only one."""
+
+    changeset: Changeset
+    """The one received, which is not applied."""
+    ours: str
+    """Content hash this node holds: of the same id, or of its predecessor."""
+    theirs: str
+    """The received changeset's hash, or the predecessor hash its ``prev`` names."""
+    reason: str
+    """``fork`` (same id, other content) or ``broken_chain`` (``prev`` is not the hash
+    of the predecessor this node holds)."""
+
+    def describe(self) -> str:
+        cs = self.changeset
+        if self.reason == "fork":
+            return (
+                f"fork of origin {cs.origin}: {cs.id} here has hash {self.ours}, "
+                f"the one received has {self.theirs}"
+            )
+        return (
+            f"broken chain of origin {cs.origin}: {cs.id} names predecessor hash "
+            f"{self.theirs}, but {cs.origin}.{cs.counter - 1} here has {self.ours}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyResult:
     """What ``apply_many`` did with each changeset it was given."""
 
@@ -88,6 +120,11 @@ class ApplyResult:
     """Ids stored as pending: a predecessor is missing."""
     duplicates: list[str]
     """Ids the store already had (no-ops)."""
+    forks: list[Fork] = field(default_factory=list)
+    """Changesets refused because they contradict the history held (never applied)."""
+    dropped: list[Changeset] = field(default_factory=list)
+    """Changesets not kept because the pending set is full for their origin (catch-up
+    fetches them again once their predecessors are here)."""
 
 
 class Store:
@@ -99,12 +136,14 @@ class Store:
         branch_id: str = "0A",
         save_history: bool = True,
         outbox: bool = False,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         if not is_valid_branch_id(branch_id):
             raise ValueError(f"branch_id must be 1-64 of A-Za-z0-9_-, got {branch_id!r}")
         self.branch_id = branch_id
         self.save_history = save_history
         self.outbox_enabled = outbox and save_history
+        self.max_pending = max_pending
         self.db = Database(parse_storage_url(storage_url))
         try:
             self._load_meta()
@@ -130,7 +169,21 @@ class Store:
         self._vv: dict[str, int] = state["vv"]
         self._clock = HybridClock(state["hlc"])
         self._live = state["live"]
+        heads = state.get("heads")
+        # A store written before changesets were chained has no heads: compute them
+        # once from the last changeset of each origin.
+        self._heads: dict[str, str] = self._compute_heads() if heads is None else heads
         self._pending = PendingIndex.load(self.db)
+
+    def _compute_heads(self) -> dict[str, str]:
+        heads = {}
+        for origin, counter in self._vv.items():
+            rows = self.db.fetch(
+                "SELECT body FROM changesets WHERE origin = ? AND counter = ?", (origin, counter)
+            )
+            if rows:
+                heads[origin] = content_hash(orjson.loads(rows[0][0]))
+        return heads
 
     def close(self) -> None:
         self.db.close()
@@ -186,14 +239,17 @@ class Store:
             base = dict(self._vv)
             self._vv[self.branch_id] = counter
             body = {
+                "v": FORMAT_VERSION,
                 "id": f"{self.branch_id}.{counter}",
                 "origin": self.branch_id,
                 "revision": format_revision(self._vv),
                 "base_revision": format_revision(base),
+                "prev": self._heads.get(self.branch_id, "") if counter > 1 else "",
                 "hlc": hlc,
                 "time": iso_time(wall_ms_of(hlc)),
                 "changes": changes,
             }
+            self._heads[self.branch_id] = content_hash(body)
             self._write_changes(conn, states, changes, self.branch_id, counter, hlc, base)
             if self.save_history:
                 seq = self._insert_changeset(conn, self.branch_id, counter, body, changes)
@@ -238,6 +294,8 @@ class Store:
         applied: list[str] = []
         pending: list[str] = []
         duplicates: list[str] = []
+        forks: list[Fork] = []
+        dropped: list[Changeset] = []
         size = sum(len(cs.changes) for cs in parsed)
         with (
             _gc_paused(size),
@@ -249,18 +307,74 @@ class Store:
                 # Deliverable first: a copy already waiting as pending (perhaps a bad
                 # one with an impossible causal context) must not shadow a good one.
                 if self._deliverable(cs):
+                    fork = self._chain_break(cs)
+                    if fork is not None:
+                        forks.append(fork)
+                        continue
                     self._apply_one(conn, cs)
                     applied.append(cs.id)
                 elif self._vv.get(cs.origin, 0) >= cs.counter or self._pending.has(cs):
-                    duplicates.append(cs.id)
+                    fork = self._compare_copy(conn, cs)
+                    if fork is None:
+                        duplicates.append(cs.id)
+                    else:
+                        forks.append(fork)
+                elif self._pending_full(cs):
+                    dropped.append(cs)
                 else:
                     self._pending.add(conn, cs)
                     pending.append(cs.id)
             if applied:
-                applied.extend(self._drain_pending(conn))
+                applied.extend(self._drain_pending(conn, forks))
                 self._save_state(conn)
         released = set(applied)
-        return ApplyResult(applied, [p for p in pending if p not in released], duplicates)
+        return ApplyResult(
+            applied, [p for p in pending if p not in released], duplicates, forks, dropped
+        )
+
+    def _chain_break(self, cs: Changeset) -> Fork | None:
+        """A deliverable changeset whose ``prev`` is not the hash of the predecessor this
+        store holds belongs to another history of its origin. Format 1 has no chain."""
+        prev = cs.prev
+        if prev is None:
+            return None
+        ours = self._heads.get(cs.origin, "") if cs.counter > 1 else ""
+        if prev == ours:
+            return None
+        return Fork(cs, ours, prev, "broken_chain")
+
+    def _compare_copy(self, conn: Any, cs: Changeset) -> Fork | None:
+        """A changeset this store already holds (applied or pending): the same content
+        is a duplicate, and a signature the held copy lacks is taken over (so a store
+        written before signing becomes servable); other content is a fork."""
+        table = "changesets" if self._vv.get(cs.origin, 0) >= cs.counter else "pending"
+        row = conn.execute(
+            f"SELECT body FROM {table} WHERE origin = ? AND counter = ?", (cs.origin, cs.counter)
+        ).fetchone()
+        if row is None:
+            return None
+        held = orjson.loads(row[0])
+        ours = content_hash(held)
+        if ours != cs.hash:
+            return Fork(cs, ours, cs.hash, "fork")
+        if cs.signed and "sig" not in held:
+            conn.execute(
+                f"UPDATE {table} SET body = ? WHERE origin = ? AND counter = ?",
+                (orjson.dumps(cs.body).decode(), cs.origin, cs.counter),
+            )
+        return None
+
+    def _pending_full(self, cs: Changeset) -> bool:
+        """Bounds of the pending set: a changeset further ahead of what this store has
+        than one origin's share can never be released within the bounds, so it is not
+        kept, nor any past the total, the origin's share or the byte limit."""
+        share = max(1, self.max_pending // PENDING_SHARE)
+        return (
+            cs.counter - self._vv.get(cs.origin, 0) > share
+            or len(self._pending) >= self.max_pending
+            or self._pending.count(cs.origin) >= share
+            or self._pending.bytes >= MAX_PENDING_BYTES
+        )
 
     def _deliverable(self, cs: Changeset) -> bool:
         return self._vv.get(cs.origin, 0) == cs.counter - 1 and dominates(self._vv, cs.base)
@@ -271,13 +385,18 @@ class Store:
         self._write_changes(conn, states, cs.changes, cs.origin, cs.counter, cs.hlc, cs.base)
         self._insert_changeset(conn, cs.origin, cs.counter, cs.body, cs.changes)
         self._vv[cs.origin] = cs.counter
+        self._heads[cs.origin] = cs.hash
 
-    def _drain_pending(self, conn: Any) -> list[str]:
+    def _drain_pending(self, conn: Any, forks: list[Fork]) -> list[str]:
         released: list[str] = []
         progress = True
         while progress and self._pending:
             progress = False
             for cs in self._pending.ready(conn, self._vv):
+                fork = self._chain_break(cs)
+                if fork is not None:
+                    forks.append(fork)  # taken out of pending: it is quarantined
+                    continue
                 self._apply_one(conn, cs)
                 released.append(cs.id)
                 progress = True
@@ -350,7 +469,9 @@ class Store:
         return seq
 
     def _save_state(self, conn: Any) -> None:
-        state = orjson.dumps({"vv": self._vv, "hlc": self._clock.last, "live": self._live})
+        state = orjson.dumps(
+            {"vv": self._vv, "hlc": self._clock.last, "live": self._live, "heads": self._heads}
+        )
         conn.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('state', ?)", (state.decode(),)
         )
@@ -359,11 +480,11 @@ class Store:
     def _rollback_memory_on_error(self) -> Iterator[None]:
         """Keep the in-memory vector, clock, count and pending index equal to the
         database: when a transaction (or its COMMIT) fails, put them back."""
-        saved = dict(self._vv), self._clock.last, self._live
+        saved = dict(self._vv), self._clock.last, self._live, dict(self._heads)
         try:
             yield
         except BaseException:
-            self._vv, self._clock.last, self._live = saved
+            self._vv, self._clock.last, self._live, self._heads = saved
             self._pending.rollback()
             raise
         self._pending.commit()
@@ -530,10 +651,21 @@ class Store:
             (after_seq, limit),
         )
 
-    def outbox_confirm(self, seqs: Iterable[int]) -> None:
-        """The broker confirmed these: they leave the outbox."""
+    def outbox_confirm(self, seqs: Iterable[int], signed: Mapping[int, str] | None = None) -> None:
+        """The broker confirmed these: they leave the outbox. ``signed`` holds the
+        bodies as sent, with the signature the sender added, to keep in the history."""
         with self.db.write() as conn:
             conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            if signed:
+                conn.executemany(
+                    "UPDATE changesets SET body = ? WHERE seq = ?",
+                    [(body, seq) for seq, body in signed.items()],
+                )
+
+    def own_head(self) -> tuple[int, str]:
+        """This store's own counter and the content hash of its latest changeset."""
+        with self.db.lock:
+            return self._vv.get(self.branch_id, 0), self._heads.get(self.branch_id, "")
 
     @property
     def outbox_count(self) -> int:
@@ -545,10 +677,11 @@ def open_store(
     branch_id: str = "0A",
     save_history: bool = True,
     outbox: bool = False,
+    max_pending: int = DEFAULT_MAX_PENDING,
 ) -> Store:
     """Open (creating if needed) a store. ``storage_url``: ``sqlite:///file.db`` or
     ``mem://``."""
-    return Store(storage_url, branch_id, save_history, outbox)
+    return Store(storage_url, branch_id, save_history, outbox, max_pending)
 
 
 def open_store_from_settings(settings: Settings) -> Store:
@@ -559,4 +692,5 @@ def open_store_from_settings(settings: Settings) -> Store:
         settings.branch_id or settings.trunk_id,
         settings.save_history,
         outbox=bool(settings.replication_hosts),
+        max_pending=settings.replication_max_pending,
     )

@@ -1,0 +1,78 @@
+"""Which key may speak for which branch.
+
+With ``replication_trusted_keys`` the answer is that table and nothing else. Without it,
+trust on first use: the first key that validly signs something for a branch is pinned
+in the store (table ``key_pins``), and any other key for that branch is refused from
+then on. No key but this node's own may speak for this node's branch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+from vesper.storage.database import Database
+
+MAX_PINS = 100_000
+"""Branches pinned on first use at most: invented branches must not grow the store
+without bound."""
+
+UNTRUSTED_KEY = "untrusted_key"
+KEY_MISMATCH = "key_mismatch"
+TOO_MANY_BRANCHES = "too_many_branches"
+
+
+class Keyring:
+    def __init__(
+        self,
+        db: Database,
+        own_branch: str,
+        own_key: str,
+        configured: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self._db = db
+        self._own_branch = own_branch
+        self._own_key = own_key
+        self._configured = dict(configured) if configured else None
+        self._lock = threading.Lock()
+        self._pins: dict[str, str] = dict(db.fetch("SELECT branch, key FROM key_pins"))
+
+    @property
+    def own_key(self) -> str:
+        return self._own_key
+
+    @property
+    def trust_on_first_use(self) -> bool:
+        return self._configured is None
+
+    def check(self, branch: str, key: str) -> str | None:
+        """None if ``key`` may sign for ``branch`` (pinning it on first use), else the
+        reason it may not. Call only once the signature verified under ``key``."""
+        if branch == self._own_branch:
+            return None if key == self._own_key else KEY_MISMATCH
+        if self._configured is not None:
+            return None if key in self._configured.get(branch, ()) else UNTRUSTED_KEY
+        with self._lock:
+            pinned = self._pins.get(branch)
+            if pinned is not None:
+                return None if pinned == key else KEY_MISMATCH
+            if len(self._pins) >= MAX_PINS:
+                return TOO_MANY_BRANCHES
+            with self._db.write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO key_pins(branch, key, pinned) VALUES (?, ?, ?)",
+                    (branch, key, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                )
+            self._pins[branch] = key
+            return None
+
+    def pinned(self, branch: str) -> str | None:
+        if self._configured is not None:
+            keys = self._configured.get(branch)
+            return keys[-1] if keys else None
+        return self._pins.get(branch)
+
+    def known(self, branch: str) -> bool:
+        """Whether ``branch`` has a trusted key (pinned or configured)."""
+        return self.pinned(branch) is not None
