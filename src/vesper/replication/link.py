@@ -13,31 +13,18 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import stomp
 import stomp.exception
 
+from vesper.replication import wire
 from vesper.replication.brokers import BrokerProfile, client_id, detect
+from vesper.replication.transport import Delivery, Link, LinkError
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A MESSAGE frame as the apply worker needs it."""
-
-    headers: dict[str, str]
-    body: bytes
-    generation: int
-    """Which connection delivered it: acknowledgements go only to that one."""
-
-
-class LinkError(Exception):
-    pass
 
 
 class StompLink(stomp.ConnectionListener):
@@ -53,7 +40,7 @@ class StompLink(stomp.ConnectionListener):
         broker: str | None,
         on_message: Callable[[Delivery], None],
         on_receipt: Callable[[str], None],
-        on_lost: Callable[[StompLink], None],
+        on_lost: Callable[[Link], None],
     ) -> None:
         self.host = host
         self.generation = generation
@@ -110,7 +97,18 @@ class StompLink(stomp.ConnectionListener):
     def connected(self) -> bool:
         return not self._lost and self.conn.is_connected()
 
-    def subscribe(self, destination: str, sub_id: str, ack: str, headers: dict[str, str]) -> None:
+    def subscribe(self, kind: str, channel: str, sub_id: str, acked: bool) -> None:
+        assert self.profile is not None, "subscribe after connect"
+        ack = "client" if acked else "auto"
+        if kind == wire.CHANGESETS:
+            destination = wire.topic(channel)
+            headers = self.profile.durable_topic_headers(self._branch_id, channel)
+        elif kind == wire.ANNOUNCE:
+            # Announcements are only useful live: a plain subscription.
+            destination, headers, ack = wire.sync_topic(channel), {}, "auto"
+        else:
+            destination = wire.node_queue(channel, self._branch_id)
+            headers = self.profile.queue_headers()
         self.conn.subscribe(destination, sub_id, ack=ack, headers=headers)
         if ack != "auto":
             self._acked_subscriptions.add(sub_id)
@@ -120,7 +118,10 @@ class StompLink(stomp.ConnectionListener):
     ) -> None:
         if receipt is not None:
             headers = {**headers, "receipt": receipt}
-        self.conn.send(destination, body, content_type="application/json", headers=headers)
+        try:
+            self.conn.send(destination, body, content_type="application/json", headers=headers)
+        except (stomp.exception.StompException, OSError) as exc:
+            raise LinkError(f"{self.address}: send failed: {type(exc).__name__}: {exc}") from None
 
     def ack(self, headers: dict[str, str]) -> None:
         if headers.get("subscription") not in self._acked_subscriptions:

@@ -57,7 +57,6 @@ class Quarantine:
             for e in entries
         ]
         with self._lock:
-            self.counts.update(e.reason for e in entries)
             with self._db.write() as conn:
                 conn.executemany(
                     "INSERT INTO quarantine(time, reason, detail, headers, excerpt) "
@@ -68,6 +67,7 @@ class Quarantine:
                     "DELETE FROM quarantine WHERE seq <= (SELECT max(seq) FROM quarantine) - ?",
                     (self._limit,),
                 )
+            self.counts.update(e.reason for e in entries)
 
     def entries(self, limit: int = 100, reason: str | None = None) -> list[dict[str, Any]]:
         """The newest rejected messages first."""

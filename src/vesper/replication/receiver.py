@@ -21,9 +21,9 @@ from vesper.errors import InvalidChangeset, VesperError
 from vesper.history.changeset import Changeset, parse_changeset
 from vesper.replication import wire
 from vesper.replication.catchup import AntiEntropy
-from vesper.replication.link import Delivery, StompLink
 from vesper.replication.quarantine import Quarantine, Rejected
 from vesper.replication.stats import Stats
+from vesper.replication.transport import Delivery, Link
 from vesper.store import Store
 from vesper.store.store import ApplyResult
 from vesper.trust.verifier import Verifier
@@ -47,7 +47,7 @@ class ApplyWorker:
         anti_entropy: dict[str, AntiEntropy],
         routes: dict[str, tuple[str, str]],
         ack: bool,
-        current_link: Callable[[], StompLink | None],
+        current_link: Callable[[], Link | None],
         verifier: Verifier,
         quarantine: Quarantine,
         relay: Callable[[list[Changeset], str | None], None] | None = None,

@@ -23,11 +23,10 @@ from collections import deque
 from collections.abc import Callable
 
 import orjson
-import stomp.exception
 
 from vesper.replication import wire
-from vesper.replication.link import StompLink
 from vesper.replication.stats import Stats
+from vesper.replication.transport import Link, LinkError
 from vesper.store import Store
 from vesper.trust.keys import NodeKey
 from vesper.trust.signing import sign
@@ -53,7 +52,7 @@ class OutboxSender:
         channels: tuple[str, ...],
         branch_id: str,
         stats: Stats,
-        current_link: Callable[[], StompLink | None],
+        current_link: Callable[[], Link | None],
         key: NodeKey,
     ) -> None:
         self._store = store
@@ -103,7 +102,7 @@ class OutboxSender:
             try:
                 self._confirm()
                 self._send_some()
-            except (stomp.exception.StompException, OSError) as exc:
+            except LinkError as exc:
                 # The connection went away mid-send: the supervisor reconnects and the
                 # rows still in the outbox go out again then.
                 log.info("send interrupted (%s); will resend after reconnecting", exc)
@@ -171,7 +170,7 @@ class OutboxSender:
         self._signed[seq] = signed
         return signed
 
-    def _send_batch(self, link: StompLink, batch: list[tuple[int, str]]) -> None:
+    def _send_batch(self, link: Link, batch: list[tuple[int, str]]) -> None:
         texts = [self._sign(seq, text) for seq, text in batch]
         if len(texts) == 1:
             body = texts[0].encode()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from vesper.replication.quarantine import Quarantine
 from vesper.replication.receiver import ApplyWorker
 from vesper.replication.sender import OutboxSender
 from vesper.replication.stats import Stats
+from vesper.replication.transport import Delivery, Link, LinkFactory
 from vesper.store import Store
 from vesper.trust.keyring import Keyring
 from vesper.trust.keys import NodeKey
@@ -82,7 +84,9 @@ class ReplicationConfig:
 
 
 class ReplicationService:
-    def __init__(self, store: Store, config: ReplicationConfig) -> None:
+    def __init__(
+        self, store: Store, config: ReplicationConfig, links: LinkFactory | None = None
+    ) -> None:
         if not store.save_history:
             raise ValueError("replication needs save_history = True")
         if not config.hosts or not config.channels:
@@ -90,7 +94,8 @@ class ReplicationService:
         self.store = store
         self.config = config
         self.stats = Stats()
-        self._link: StompLink | None = None
+        self._link: Link | None = None
+        self._make_link = links or self._stomp_link
         self._generation = 0
         self._lost = threading.Event()
         self._stop = threading.Event()
@@ -156,7 +161,7 @@ class ReplicationService:
 
     close = stop
 
-    def current_link(self) -> StompLink | None:
+    def current_link(self) -> Link | None:
         return self._link
 
     def _send(self, destination: str, body: bytes, headers: dict[str, str]) -> None:
@@ -208,21 +213,13 @@ class ReplicationService:
 
     def _connect(self, host: tuple[str, int]) -> bool:
         self._generation += 1
-        link = StompLink(
-            host,
-            self.config.branch_id,
-            generation=self._generation,
-            login=self.config.login,
-            passcode=self.config.passcode,
-            heartbeat_ms=self.config.heartbeat_ms,
-            broker=self.config.broker,
-            on_message=self.worker.deliver,
-            on_receipt=self.sender.receipt,
-            on_lost=self._on_lost,
+        link = self._make_link(
+            host, self._generation, self.worker.deliver, self.sender.receipt, self._on_lost
         )
         try:
             profile = link.connect()
-            self._subscribe(link, profile)
+            for sub_id, (kind, channel) in self._routes.items():
+                link.subscribe(kind, channel, sub_id, acked=self.config.send_ack)
         except Exception as exc:
             log.warning("cannot replicate through %s:%d: %s", host[0], host[1], exc)
             link.close()
@@ -240,21 +237,26 @@ class ReplicationService:
         self.sender.wake()
         return True
 
-    def _subscribe(self, link: StompLink, profile: BrokerProfile) -> None:
-        ack = "client" if self.config.send_ack else "auto"
-        branch = self.config.branch_id
-        for sub_id, (kind, channel) in self._routes.items():
-            if kind == wire.CHANGESETS:
-                link.subscribe(
-                    wire.topic(channel), sub_id, ack, profile.durable_topic_headers(branch, channel)
-                )
-            elif kind == wire.ANNOUNCE:
-                # Announcements are only useful live: a plain subscription.
-                link.subscribe(wire.sync_topic(channel), sub_id, "auto", {})
-            else:
-                link.subscribe(
-                    wire.node_queue(channel, branch), sub_id, ack, profile.queue_headers()
-                )
+    def _stomp_link(
+        self,
+        host: tuple[str, int],
+        generation: int,
+        on_message: Callable[[Delivery], None],
+        on_receipt: Callable[[str], None],
+        on_lost: Callable[[Link], None],
+    ) -> Link:
+        return StompLink(
+            host,
+            self.config.branch_id,
+            generation=generation,
+            login=self.config.login,
+            passcode=self.config.passcode,
+            heartbeat_ms=self.config.heartbeat_ms,
+            broker=self.config.broker,
+            on_message=on_message,
+            on_receipt=on_receipt,
+            on_lost=on_lost,
+        )
 
     def relay(self, changesets: list[Changeset], source: str | None) -> None:
         """A hub republishes changesets it applied for the first time on its other
@@ -271,7 +273,7 @@ class ReplicationService:
                 headers = {wire.CLIENTID: origin, "persistent": "true", wire.TYPE: wire.CHANGESETS}
                 self._send(wire.topic(channel), b"[" + b",".join(bodies) + b"]", headers)
 
-    def _on_lost(self, link: StompLink) -> None:
+    def _on_lost(self, link: Link) -> None:
         if link is self._link:
             log.warning(
                 "lost connection to broker %s: %s", link.address, link.error or "disconnected"

@@ -1,0 +1,258 @@
+"""Sender, apply worker and catch-up driven through the in-memory transport.
+
+These exercise the checks between the wire and the store without a broker: what a
+hostile client of the broker could send arrives here exactly as a real broker would
+deliver it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import orjson
+import pytest
+
+from tests.replication.harness import wait_for
+from tests.replication.memory_transport import MemoryBroker, MemoryNode
+from vesper.replication import wire
+from vesper.trust import verifier as verifier_module
+from vesper.trust.keys import NodeKey
+from vesper.trust.signing import sign
+
+Make = Callable[..., MemoryNode]
+
+
+@pytest.fixture
+def broker() -> MemoryBroker:
+    return MemoryBroker()
+
+
+@pytest.fixture
+def node(broker: MemoryBroker) -> Iterator[Make]:
+    made: list[MemoryNode] = []
+
+    def make(branch: str, **config: object) -> MemoryNode:
+        n = MemoryNode(broker, branch, **config).start()  # type: ignore[arg-type]
+        made.append(n)
+        wait_for(lambda: n.service.current_link() is not None, 10, f"{branch} connected")
+        return n
+
+    yield make
+    for n in made:
+        n.stop()
+
+
+def changeset_message(*bodies: dict) -> tuple[dict[str, str], bytes]:
+    origin = bodies[0]["origin"]
+    headers = {wire.CLIENTID: origin, "persistent": "true", wire.TYPE: wire.CHANGESETS}
+    body = orjson.dumps(list(bodies) if len(bodies) > 1 else bodies[0])
+    return headers, body
+
+
+def quarantined(n: MemoryNode, reason: str) -> int:
+    return n.status()["quarantined"].get(reason, 0)
+
+
+# -- sender --------------------------------------------------------------------------
+
+
+def test_outbox_rows_leave_only_on_receipt_and_the_stored_body_gets_the_signature(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a, b = node("A"), node("B")
+    broker.hold_receipts = True
+    a.store.create({"id": "x", "n": 1})
+    wait_for(lambda: b.store.get("x"), 10, "x on B")
+    assert a.store.outbox_count == 1  # delivered, but the broker has not confirmed it
+    assert "sig" not in a.store.changeset("A.1")
+    a.link.release_receipts()
+    wait_for(lambda: a.store.outbox_count == 0, 10, "outbox drained")
+    stored = a.store.changeset("A.1")
+    assert stored["key"] == a.key.public and stored["sig"]
+    assert b.store.changeset("A.1") == stored  # B keeps the origin's own signature
+
+
+def test_unconfirmed_rows_are_sent_again_on_the_next_connection(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a, b = node("A"), node("B")
+    broker.hold_receipts = True
+    broker.drop = lambda destination, headers, body: destination == wire.topic("c")
+    a.store.create({"id": "lost"})
+    wait_for(lambda: broker.sent and a.store.outbox_count == 1, 10, "sent once")
+    broker.hold_receipts = False
+    broker.drop = lambda destination, headers, body: False
+    first = a.link
+    first.lose()
+    wait_for(lambda: a.service.current_link() not in (None, first), 10, "reconnected")
+    wait_for(lambda: b.store.get("lost"), 10, "resent changeset on B")
+    wait_for(lambda: a.store.outbox_count == 0, 10, "outbox drained")
+
+
+# -- apply worker: authenticity ------------------------------------------------------
+
+
+def test_a_forged_unsigned_changeset_with_the_next_id_is_refused_and_the_real_one_lands(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a, b = node("A"), node("B")
+    a.store.create({"id": "seed"})
+    wait_for(lambda: b.store.get("seed"), 10, "seed on B")
+    a.link.close()  # A's real A.2 is committed while the forgery arrives first
+    a.service.stop()
+    real = a.store.create({"id": "real"})
+    forged = dict(a.store.changeset("A.2"))
+    forged["changes"] = [{"id": "evil", "op": "create", "exists": True, "set": {"x": 1}}]
+    broker.publish(wire.topic("c"), *changeset_message(forged))
+    wait_for(lambda: quarantined(b, "unsigned") == 1, 10, "forgery quarantined")
+    assert b.store.get("evil") is None and b.store.revision == "A.1"
+    b_entries = b.service.worker.quarantine.entries()
+    assert b_entries[0]["reason"] == "unsigned" and "A.2" in b_entries[0]["detail"]
+    signed = sign(a.store.changeset("A.2"), a.key)
+    broker.publish(wire.topic("c"), *changeset_message(signed))
+    wait_for(lambda: b.store.get("real"), 10, "the real A.2 on B")
+    assert b.store.revision == real.revision
+
+
+def test_a_replay_with_a_changed_body_fails_the_signature(broker: MemoryBroker, node: Make) -> None:
+    a, b = node("A"), node("B")
+    a.store.create({"id": "doc", "owner": "alice"})
+    wait_for(lambda: b.store.get("doc"), 10, "doc on B")
+    tampered = dict(b.store.changeset("A.1"))  # the real one, signature and all
+    tampered["changes"] = [{"id": "doc", "op": "create", "exists": True, "set": {"owner": "eve"}}]
+    broker.publish(wire.topic("c"), *changeset_message(tampered))
+    wait_for(lambda: quarantined(b, "bad_signature") == 1, 10, "tampered copy refused")
+    assert b.store.get("doc") == {"id": "doc", "owner": "alice"}
+
+
+def test_a_key_other_than_the_pinned_one_is_refused(broker: MemoryBroker, node: Make) -> None:
+    a, b = node("A"), node("B")
+    a.store.create({"id": "one"})
+    wait_for(lambda: b.store.get("one"), 10, "one on B")
+    impostor = NodeKey.generate()
+    fake = {**a.store.changeset("A.1")}
+    fake = {k: v for k, v in fake.items() if k not in ("sig", "key")}
+    fake.update(id="A.2", revision="A.2", base_revision="A.1", prev=a.store.own_head()[1])
+    fake["changes"] = [{"id": "evil", "op": "create", "exists": True, "set": {}}]
+    broker.publish(wire.topic("c"), *changeset_message(sign(fake, impostor)))
+    wait_for(lambda: quarantined(b, "key_mismatch") == 1, 10, "impostor refused")
+    assert b.store.get("evil") is None
+
+
+def test_configured_trusted_keys_refuse_every_other_branch(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a_key = NodeKey.generate()
+    b = node("B", trusted_keys={"A": (a_key.public,)})
+    a = node("A", key=a_key)
+    stranger = node("S")
+    a.store.create({"id": "from-a"})
+    stranger.store.create({"id": "from-s"})
+    wait_for(lambda: b.store.get("from-a"), 10, "A's write on B")
+    wait_for(lambda: quarantined(b, "untrusted_key") >= 1, 10, "S refused")
+    assert b.store.get("from-s") is None and "S" not in b.store.version_vector
+
+
+def test_one_signature_check_covers_a_chained_run(
+    broker: MemoryBroker, node: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin = node("A")
+    origin.service.stop()  # build the history offline, send it as one message
+    for i in range(50):
+        origin.store.create({"id": f"d{i}"})
+    bodies = [sign(cs, origin.key) for cs in origin.store.changesets()]
+    checked: list[str] = []
+    real_check = verifier_module.Verifier._check
+
+    def spy(self: verifier_module.Verifier, cs: object) -> object:
+        checked.append(cs.id)  # type: ignore[attr-defined]
+        return real_check(self, cs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verifier_module.Verifier, "_check", spy)
+    b = node("B")
+    broker.publish(wire.topic("c"), *changeset_message(*bodies))
+    wait_for(lambda: b.store.count == 50, 10, "50 applied")
+    assert checked == ["A.50"]  # the run's last signature covers the 49 before it
+
+
+def test_a_forgery_appended_to_a_genuine_run_is_refused_alone(
+    broker: MemoryBroker, node: Make
+) -> None:
+    origin = node("A")
+    origin.service.stop()
+    for i in range(3):
+        origin.store.create({"id": f"d{i}"})
+    bodies = [sign(cs, origin.key) for cs in origin.store.changesets()]
+    forged = {k: v for k, v in bodies[-1].items() if k != "sig"}
+    forged.update(id="A.4", revision="A.4", base_revision="A.3", prev=origin.store.own_head()[1])
+    forged["changes"] = [{"id": "evil", "op": "create", "exists": True, "set": {}}]
+    forged["sig"] = bodies[-1]["sig"]
+    b = node("B")
+    broker.publish(wire.topic("c"), *changeset_message(*bodies, forged))
+    wait_for(lambda: b.store.count == 3, 10, "the genuine three")
+    wait_for(lambda: quarantined(b, "bad_signature") == 1, 10, "the forgery refused")
+    assert b.store.get("evil") is None
+
+
+def test_a_fork_is_quarantined_not_dropped_as_a_duplicate(broker: MemoryBroker, node: Make) -> None:
+    key = NodeKey.generate()
+    a = node("A", key=key)
+    b = node("B")
+    a.store.create({"id": "first"})
+    wait_for(lambda: b.store.get("first"), 10, "first on B")
+    twin = MemoryNode(broker, "A", key=key)  # a second node configured as A, same key
+    try:
+        twin.store.create({"id": "other"})
+        body = sign(twin.store.changeset("A.1"), key)
+        broker.publish(wire.topic("c"), *changeset_message(body))
+        wait_for(lambda: b.status()["forks"] == 1, 10, "fork reported")
+        assert quarantined(b, "fork") == 1 and b.store.get("other") is None
+        entry = b.service.worker.quarantine.entries(reason="fork")[0]
+        assert "A.1" in entry["detail"] and body["prev"] == ""
+        ours = b.store.changeset("A.1")
+        assert ours["changes"][0]["id"] == "first"
+    finally:
+        twin.store.close()
+
+
+# -- catch-up and control traffic ----------------------------------------------------
+
+
+def test_a_new_node_bootstraps_a_signed_history_relayed_by_a_peer(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a = node("A")
+    b = node("B")
+    for i in range(20):
+        a.store.create({"id": f"a{i}"})
+    wait_for(lambda: b.store.count == 20, 10, "B has A's writes")
+    a.stop()
+    c = node("C")  # A is gone: everything C gets of A comes from B, signed by A
+    wait_for(lambda: c.store.count == 20, 20, "C bootstrapped from B")
+    assert all("sig" in cs for cs in c.store.changesets())
+    assert c.status()["quarantined"] == {}
+
+
+def test_unsigned_and_forged_announcements_are_ignored(broker: MemoryBroker, node: Make) -> None:
+    b = node("B")
+    fake = {"type": "announce", "branch": "X", "revision": "X.5"}
+    broker.publish(wire.sync_topic("c"), {wire.CLIENTID: "X"}, orjson.dumps(fake))
+    wrong = sign({**fake, "branch": "B"}, NodeKey.generate())  # names B under another key
+    broker.publish(wire.sync_topic("c"), {wire.CLIENTID: "B"}, orjson.dumps(wrong))
+    wait_for(lambda: quarantined(b, "unsigned") == 1, 10, "unsigned refused")
+    wait_for(lambda: quarantined(b, "key_mismatch") == 1, 10, "impostor refused")
+    assert b.status()["peers"] == {}
+
+
+def test_the_peer_list_is_bounded(
+    broker: MemoryBroker, node: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vesper.replication import catchup
+
+    monkeypatch.setattr(catchup, "MAX_PEERS", 50)
+    b = node("B")
+    for i in range(120):
+        body = sign({"type": "announce", "branch": f"F{i}", "revision": ""}, NodeKey.generate())
+        broker.publish(wire.sync_topic("c"), {wire.CLIENTID: f"F{i}"}, orjson.dumps(body))
+    wait_for(lambda: b.service.stats.messages_received >= 120, 20, "announcements read")
+    assert len(b.status()["peers"]) <= 50
