@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from vesper.config import Settings
 from vesper.errors import StoreClosed
+from vesper.replication.quarantine import Quarantine
 from vesper.store import Store, open_store_from_settings
 from vesper.trust.keys import NodeKey
 
@@ -103,6 +104,10 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def quarantine(self, limit: int = 100, reason: str | None = None) -> list[dict[str, Any]]:
+        """Rejected messages, newest first (``GET /api/quarantine``)."""
+        return Quarantine(self.store.db).entries(limit, reason)
 
     def status(self) -> dict[str, Any]:
         """The ``GET /api/status`` document (SPEC section 4).

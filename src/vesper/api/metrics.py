@@ -151,6 +151,8 @@ _REPLICATION_COUNTERS = {
     "catchup_requests_sent": "Catch-up requests this node sent",
     "catchup_requests_answered": "Catch-up requests this node answered",
     "catchup_changesets_received": "Changesets received through catch-up",
+    "forks": "Changesets refused as forks: another changeset of that origin and id, or a "
+    "broken hash chain",
 }
 
 
@@ -193,6 +195,15 @@ class ReplicationCollector:
             seen.add_metric([peer], info.get("seconds_since_seen", 0))
         yield lag
         yield seen
+        refused = CounterMetricFamily(
+            "vesper_replication_quarantined",
+            "Messages refused and quarantined, by reason (unsigned, bad_signature, "
+            "untrusted_key, key_mismatch, fork, broken_chain, pending_full, malformed)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(status.get("quarantined", {}).items()):
+            refused.add_metric([reason], count)
+        yield refused
 
 
 def store_bytes(storage_url: str) -> int | None:

@@ -162,6 +162,10 @@ SCHEMAS: dict[str, Any] = {
         "required": ["branch_id", "revision", "digest", "objects", "replication"],
         "properties": {
             "branch_id": {"type": "string"},
+            "public_key": {
+                "type": ["string", "null"],
+                "description": "this node's Ed25519 key ('ed25519:...'); null without replication",
+            },
             "revision": _REVISION,
             "digest": {"type": "string", "description": "SHA-256 of all objects (SPEC 4)"},
             "objects": {"type": "integer"},
@@ -182,8 +186,25 @@ SCHEMAS: dict[str, Any] = {
                     "pending": {"type": "integer"},
                     "last_message_received": {"type": ["string", "null"]},
                     "peers": {"type": "object"},
+                    "forks": {"type": "integer"},
+                    "quarantined": {
+                        "type": "object",
+                        "description": "messages refused since start, by reason",
+                        "additionalProperties": {"type": "integer"},
+                    },
                 },
             },
+        },
+    },
+    "QuarantineEntry": {
+        "type": "object",
+        "properties": {
+            "seq": {"type": "integer"},
+            "time": {"type": "string"},
+            "reason": {"type": "string"},
+            "detail": {"type": "string"},
+            "headers": {"type": "object"},
+            "body_excerpt": {"type": "string"},
         },
     },
 }
@@ -297,6 +318,19 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "Revision, digest, counts and replication state",
             "responses": {"200": _json(_ref("Status"), "the status")},
+        },
+    },
+    "/api/quarantine": {
+        "get": {
+            "summary": "Messages replication refused (forged, unsigned, forks), newest first",
+            "parameters": [
+                _query("limit", "at most this many (default 100)", {"type": "integer"}),
+                _query("reason", "only this reason, e.g. bad_signature", {"type": "string"}),
+            ],
+            "responses": {
+                "200": _list_of("quarantine", _ref("QuarantineEntry"), "the entries"),
+                **_errors(400),
+            },
         },
     },
     "/health": {

@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from vesper.api.context import ApiContext
-from vesper.api.jsonio import json_response, query_params
+from vesper.api.jsonio import int_param, json_response, query_params
 from vesper.api.metrics import METRICS_CONTENT_TYPE
 
 
@@ -16,6 +16,16 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         query_params(request)
         # The digest may walk the whole store (once per revision): never on the loop.
         return json_response(await ctx.in_thread(ctx.node.status))
+
+    async def quarantine(request: Request) -> Response:
+        params = query_params(request, ("limit", "reason"))
+        limit = int_param(params, "limit")
+        entries = await ctx.in_thread(
+            ctx.node.quarantine,
+            min(limit if limit is not None else 100, 10_000),
+            params.get("reason"),
+        )
+        return json_response({"quarantine": entries})
 
     async def health(request: Request) -> Response:
         query_params(request)
@@ -30,6 +40,7 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
 
     return [
         Route("/api/status", status, methods=["GET"]),
+        Route("/api/quarantine", quarantine, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
