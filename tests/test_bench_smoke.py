@@ -34,3 +34,8 @@ def test_replication_bench_quick_runs_on_the_embedded_broker() -> None:
         "throughput",
     )
     assert "embedded" in out and "changesets/s" in out
+
+
+def test_trust_bench_quick_runs() -> None:
+    out = run("trust_bench.py", "--quick")
+    assert "commits/s" in out and "changesets/s" in out and "writes/s" in out

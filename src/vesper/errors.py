@@ -48,6 +48,12 @@ class StoreClosed(VesperError):
     """The store was closed."""
 
 
+class WritesRefused(VesperError):
+    """This node does not take local writes now; the message says why and what to do."""
+
+    retryable = True
+
+
 class StorageError(VesperError):
     """The storage backend failed (disk full, locked database, corrupt file)."""
 

@@ -72,6 +72,13 @@ class Node:
                 key = self._load_key()
                 service = Service(self._store, ReplicationConfig.from_settings(self.settings, key))
                 service.start()
+                try:
+                    service.wait_started()
+                except BaseException:
+                    service.close()
+                    self._store.close()
+                    self._store = None
+                    raise
                 self.replication = service
         return self
 

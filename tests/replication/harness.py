@@ -74,6 +74,7 @@ class Node:
         )
         self.service = ReplicationService(self.store, config)
         self.service.start()
+        self.service.wait_started()
         return self
 
     def stop(self) -> None:

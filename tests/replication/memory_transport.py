@@ -237,6 +237,7 @@ class MemoryNode:
 
     def start(self) -> MemoryNode:
         self.service.start()
+        self.service.wait_started()
         return self
 
     @property

@@ -256,3 +256,135 @@ def test_the_peer_list_is_bounded(
         broker.publish(wire.sync_topic("c"), {wire.CLIENTID: f"F{i}"}, orjson.dumps(body))
     wait_for(lambda: b.service.stats.messages_received >= 120, 20, "announcements read")
     assert len(b.status()["peers"]) <= 50
+
+
+# -- flow control, restarts, duplicate branch ids ------------------------------------
+
+
+def test_a_forged_catchup_request_costs_one_small_window(
+    broker: MemoryBroker, node: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vesper.replication import catchup
+
+    monkeypatch.setattr(catchup, "ACK_TIMEOUT_S", 0.5)
+    a = node("A")
+    a.store.create([{"id": f"d{i}", "pad": "x" * 200} for i in range(50)])
+    for i in range(2000):
+        a.store.create({"id": f"s{i}", "pad": "y" * 100})
+    history = sum(len(orjson.dumps(cs)) for cs in a.store.changesets())
+    request = {"type": "request", "branch": "X", "since": "", "request_id": "r1"}
+    broker.publish(
+        wire.node_queue("c", "A"),
+        {wire.CLIENTID: "X", wire.TYPE: wire.REQUEST},
+        orjson.dumps(sign(request, NodeKey.generate())),
+    )
+    answers = lambda: [b for d, h, b in broker.sent if d == wire.node_queue("c", "X")]  # noqa: E731
+    wait_for(lambda: len(answers()) >= catchup.ANSWER_WINDOW, 10, "the first window")
+    ae = a.service.anti_entropy["c"]
+    wait_for(lambda: not ae._answering, 10, "the answer abandoned")
+    sent = sum(len(b) for b in answers())
+    assert len(answers()) == catchup.ANSWER_WINDOW
+    assert sent <= 3 * catchup.FIRST_BATCH_BYTES < history / 10
+
+
+def test_a_real_bootstrap_streams_past_the_first_window(broker: MemoryBroker, node: Make) -> None:
+    a = node("A")
+    for i in range(3000):
+        a.store.create({"id": f"s{i}", "pad": "y" * 100})
+    b = node("B")
+    wait_for(lambda: b.store.count == 3000, 30, "B bootstrapped")
+    batches = [h for d, h, _ in broker.sent if d == wire.node_queue("c", "B")]
+    assert len(batches) > 2  # acknowledged batch by batch
+
+
+def test_a_node_restarted_from_an_empty_store_fetches_its_own_history_first(
+    broker: MemoryBroker, node: Make
+) -> None:
+    key = NodeKey.generate()
+    a = node("A", key=key)
+    b = node("B")
+    for i in range(5):
+        a.store.create({"id": f"a{i}"})
+    wait_for(lambda: b.store.count == 5 and a.store.outbox_count == 0, 10, "A's writes on B")
+    a.stop()
+    # The same node, its store lost (mem://, or restored from before these writes).
+    again = node("A", key=key)
+    assert again.store.own_head()[0] == 5, "re-imported before taking writes"
+    commit = again.store.create({"id": "after"})
+    assert commit.changeset == "A.6"
+    wait_for(lambda: b.store.get("after"), 10, "the new write on B")
+    assert b.status()["forks"] == 0 and b.status()["quarantined"] == {}
+
+
+def test_a_new_node_with_a_live_branch_id_is_refused_at_start(
+    broker: MemoryBroker, node: Make
+) -> None:
+    from vesper.errors import ConfigError
+
+    node("A")
+    node("B")
+    twin = MemoryNode(broker, "A")  # same branch id, a key of its own
+    twin.service.start()
+    try:
+        with pytest.raises(ConfigError, match=r"branch_id .A.* another"):
+            twin.service.wait_started()
+        assert twin.store.writes_refused is not None
+    finally:
+        twin.stop()
+
+
+def test_a_forged_claim_of_a_running_nodes_branch_is_reported_never_obeyed(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a = node("A")
+    b = node("B")
+    a.store.create({"id": "before"})
+    forged = sign({"type": "announce", "branch": "A", "revision": "A.99"}, NodeKey.generate())
+    broker.publish(wire.sync_topic("c"), {wire.CLIENTID: "A"}, orjson.dumps(forged))
+    wait_for(lambda: a.status()["branch_claims"], 10, "the claim reported on A")
+    wait_for(lambda: quarantined(b, "key_mismatch") >= 1, 10, "the claim refused on B")
+    a.store.create({"id": "after"})  # A still takes writes
+    wait_for(lambda: b.store.get("after"), 10, "A's write on B")
+
+
+def test_with_configured_keys_a_node_whose_key_its_peers_refuse_stops_writing(
+    broker: MemoryBroker, node: Make
+) -> None:
+    from vesper.errors import WritesRefused
+
+    a_key, b_key, rogue = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
+    trusted = {"A": (a_key.public,), "B": (b_key.public,)}
+    b = node("B", key=b_key, trusted_keys=trusted)
+    # A, with a history of its own, restarted with a wrong key (say, a lost key file).
+    a_rogue = MemoryNode(broker, "A", key=rogue, trusted_keys=trusted)
+    a_rogue.store.create({"id": "lost-cause"})
+    a_rogue.start()
+    wait_for(lambda: quarantined(b, "untrusted_key") >= 1, 10, "B refuses the rogue A")
+    wait_for(lambda: a_rogue.store.writes_refused, 15, "A learns it")
+    with pytest.raises(WritesRefused, match="refuse this node's key"):
+        a_rogue.store.create({"id": "more"})
+    assert a_rogue.store.get("lost-cause") is not None  # kept in its own store
+    assert b.store.get("lost-cause") is None
+    a_rogue.stop()
+
+
+def test_the_pending_set_keeps_no_far_future_changesets(broker: MemoryBroker, node: Make) -> None:
+    b = node("B")
+    attacker = NodeKey.generate()
+    bodies = []
+    for n in range(10**9, 10**9 + 200):
+        body = {
+            "v": 2,
+            "id": f"Z.{n}",
+            "origin": "Z",
+            "revision": f"Z.{n}",
+            "base_revision": f"Z.{n - 1}",
+            "prev": "0" * 64,
+            "hlc": 1,
+            "time": "2026-01-01T00:00:00.000Z",
+            "changes": [{"id": f"z{n}", "op": "create", "exists": True, "set": {}}],
+        }
+        bodies.append(sign(body, attacker))
+    broker.publish(wire.topic("c"), *changeset_message(*bodies))
+    wait_for(lambda: quarantined(b, "pending_full") >= 1, 10, "refused as over the bound")
+    assert b.store.pending_count == 0

@@ -26,6 +26,7 @@ from vesper.errors import (
     StorageError,
     StoreClosed,
     VesperError,
+    WritesRefused,
 )
 
 log = logging.getLogger("vesper.api")
@@ -43,6 +44,7 @@ STATUS_OF: dict[type[VesperError], int] = {
     # The request is fine; this node's configuration (save_history) rules it out.
     HistoryDisabled: 409,
     StoreClosed: 503,
+    WritesRefused: 503,
     StorageError: 503,
     ConfigError: 500,
 }

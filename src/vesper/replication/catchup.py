@@ -10,6 +10,13 @@ asker lacks, from its own history, in causal order, in batches on the asker's qu
 Any node can answer for any origin, so a new empty node bootstraps the whole store this
 way. One request is outstanding at a time, so peers do not all answer at once.
 
+Answers are flow-controlled: the asker acknowledges each batch once applied, and the
+answerer sends the next only while at most ``ANSWER_WINDOW`` batches wait for their
+acknowledgement, starting small (``FIRST_BATCH_BYTES``) and doubling per acknowledged
+batch up to ``ANSWER_BATCH_BYTES``. A request forged for an asker nobody runs thus
+costs the broker at most the first window (a few tens of KiB), never the whole
+history, while a real bootstrap streams at full speed.
+
 Announcements and requests are signed by their sender and verified before they get
 here. The peer list is bounded (``MAX_PEERS``; the longest silent peer makes room) and
 forgets a peer not heard from for ``peer_expiry_s``. A request that times out counts
@@ -32,6 +39,7 @@ from vesper.history.revision import dominates, format_revision, parse_revision
 from vesper.replication import wire
 from vesper.replication.stats import Stats
 from vesper.store import Store
+from vesper.trust.keyring import Keyring
 from vesper.trust.keys import NodeKey
 from vesper.trust.signing import sign
 
@@ -46,6 +54,12 @@ REQUEST_TIMEOUT_S = 5.0
 answer must not stall a node for long)."""
 ANSWER_BATCH = 500
 ANSWER_BATCH_BYTES = 512 * 1024
+FIRST_BATCH_BYTES = 16 * 1024
+ANSWER_WINDOW = 2
+ACK_TIMEOUT_S = 10.0
+"""An answer whose asker acknowledges nothing for this long is abandoned."""
+MAX_ANSWERS = 8
+"""Answers streaming at once; further requests wait for the asker to ask again."""
 PROGRESS_LOG_S = 5.0
 MAX_PEERS = 1_000
 DEFAULT_PEER_EXPIRY_S = 7 * 24 * 3600.0
@@ -63,6 +77,16 @@ class Peer:
     wall: str = ""
     timeouts: int = 0
     """Requests to it that went unanswered since it last answered one."""
+
+
+@dataclass
+class Answer:
+    """An answer being streamed to one asker."""
+
+    request_id: str
+    acked: int = 0
+    """The highest batch number the asker acknowledged."""
+    wake: threading.Condition = field(default_factory=threading.Condition)
 
 
 @dataclass
@@ -85,10 +109,21 @@ class AntiEntropy:
         stats: Stats,
         send: Any,
         key: NodeKey,
+        keyring: Keyring,
         peer_expiry_s: float = DEFAULT_PEER_EXPIRY_S,
     ) -> None:
         self._store = store
         self._key = key
+        self._keyring = keyring
+        self.own_elsewhere = 0
+        """The highest counter of this node's own branch that a peer announced: above
+        this node's own, it lost changesets it had published and must fetch them back
+        before it commits again."""
+        self.refused_by: dict[str, float] = {}
+        """Peers that announce they refuse this node's key for its branch id, and when."""
+        self._last_hello_reply = 0.0
+        self.on_refused: Any = lambda peer: None
+        """Called with a peer's branch when it announces that it refuses our key."""
         self._peer_expiry_s = peer_expiry_s
         self._branch_id = branch_id
         self._channel = channel
@@ -98,7 +133,7 @@ class AntiEntropy:
         self.peers: dict[str, Peer] = {}
         self.request: Request | None = None
         self._last_announce = 0.0
-        self._answering: set[str] = set()
+        self._answering: dict[str, Answer] = {}
         self._last_revision = ""
         self._announced = ""
         self._pending_since: float | None = None
@@ -106,10 +141,22 @@ class AntiEntropy:
 
     # -- announcing ----------------------------------------------------------------
 
-    def announce(self) -> None:
+    def announce(self, hello: bool = False) -> None:
+        """Publish this node's revision; ``hello`` (after connecting) asks every peer to
+        answer with its own at once, so a starting node learns quickly whether its peers
+        hold more of its own history than it does."""
         self._last_announce = time.monotonic()
         self._announced = self._store.revision
-        body = {"type": wire.ANNOUNCE, "branch": self._branch_id, "revision": self._announced}
+        body: dict[str, Any] = {
+            "type": wire.ANNOUNCE,
+            "branch": self._branch_id,
+            "revision": self._announced,
+        }
+        if hello:
+            body["hello"] = True
+        refused = self._keyring.refusals()
+        if refused:
+            body["refused"] = refused
         self._send(
             wire.sync_topic(self._channel),
             wire.encode(sign(body, self._key)),
@@ -160,7 +207,7 @@ class AntiEntropy:
             self.request = None
             for peer in self.peers.values():
                 peer.behind_since = None
-        self.announce()
+        self.announce(hello=True)
 
     # -- peers ---------------------------------------------------------------------
 
@@ -170,6 +217,24 @@ class AntiEntropy:
             return
         revision = parse_revision(body.get("revision", ""))
         now = time.monotonic()
+        self.own_elsewhere = max(self.own_elsewhere, revision.get(self._branch_id, 0))
+        refused = body.get("refused")
+        if isinstance(refused, dict):
+            keys = refused.get(self._branch_id)
+            if isinstance(keys, list) and self._key.public in keys:
+                if branch not in self.refused_by:
+                    log.error(
+                        "peer %s refuses this node's key %s for branch %s: another node "
+                        "runs with this branch id (or this node lost its key). Give this "
+                        "node a new branch_id, or its old key back (docs/security.md)",
+                        branch,
+                        self._key.public,
+                        self._branch_id,
+                    )
+                self.refused_by[branch] = now
+                self.on_refused(branch)
+        if body.get("hello") is True:
+            self.answer_hello()
         with self._lock:
             peer = self.peers.get(branch)
             new = peer is None
@@ -186,6 +251,13 @@ class AntiEntropy:
             self.announce()
         self._maybe_request(now)
 
+    def answer_hello(self) -> None:
+        """Announce now for a node that just connected (at most once a second)."""
+        now = time.monotonic()
+        if now - self._last_hello_reply >= 1.0:
+            self._last_hello_reply = now
+            self.announce()
+
     def lag(self, peer: Peer, have: dict[str, int]) -> int:
         return sum(max(0, c - have.get(o, 0)) for o, c in peer.revision.items())
 
@@ -199,6 +271,7 @@ class AntiEntropy:
         node asks at once.
         """
         have = self._store.version_vector
+        own_behind = self.own_elsewhere > have.get(self._branch_id, 0)
         revision = format_revision(have)
         if revision != self._last_revision:
             self._last_revision, self._last_change = revision, now
@@ -218,7 +291,17 @@ class AntiEntropy:
                     peer.behind_since, peer.behind_snapshot = now, dict(peer.revision)
                 waited = now - peer.behind_since
                 # Behind for long even while other traffic flows: ask anyway.
-                if (waited >= GRACE_S and stalled) or waited >= MAX_WAIT_S or not have:
+                # A peer holding more of this node's own history than it has is asked at
+                # once: local writes wait for it.
+                behind_on_own = own_behind and peer.revision.get(self._branch_id, 0) > have.get(
+                    self._branch_id, 0
+                )
+                if (
+                    (waited >= GRACE_S and stalled)
+                    or waited >= MAX_WAIT_S
+                    or not have
+                    or behind_on_own
+                ):
                     lag = self.lag(peer, have)
                     # Fewest unanswered requests first, then the most to give.
                     if candidate is None or (-peer.timeouts, lag) > (-candidate[0], candidate[1]):
@@ -257,8 +340,22 @@ class AntiEntropy:
         )
 
     def on_catchup(self, headers: dict[str, str], applied: int) -> None:
-        """A catch-up batch was applied (apply worker thread)."""
+        """A catch-up batch was applied (apply worker thread): acknowledge it to its
+        answerer, which sends more only then."""
         self._stats.catchup_changesets_received += applied
+        answerer, batch = headers.get(wire.CLIENTID), headers.get(wire.BATCH, "")
+        if answerer and batch.isdigit() and answerer != self._branch_id:
+            ack = {
+                "type": wire.ACK,
+                "branch": self._branch_id,
+                "request_id": headers.get(wire.REQUEST_ID, ""),
+                "batch": int(batch),
+            }
+            self._send(
+                wire.node_queue(self._channel, answerer),
+                wire.encode(sign(ack, self._key)),
+                {wire.CLIENTID: self._branch_id, wire.TYPE: wire.ACK},
+            )
         with self._lock:
             req = self.request
             # Batches of an earlier request to the same peer count as progress too: an
@@ -292,51 +389,82 @@ class AntiEntropy:
         since = parse_revision(body.get("since", ""))
         request_id = str(body.get("request_id", ""))
         with self._lock:
-            if asker in self._answering:
+            if asker in self._answering or len(self._answering) >= MAX_ANSWERS:
                 return
-            self._answering.add(asker)
+            answer = self._answering[asker] = Answer(request_id)
         threading.Thread(
             target=self._answer,
-            args=(asker, since, request_id),
+            args=(asker, since, answer),
             name=f"vesper-answer-{asker}",
             daemon=True,
         ).start()
 
-    def _answer(self, asker: str, since: dict[str, int], request_id: str) -> None:
+    def on_ack(self, body: dict[str, Any]) -> None:
+        """The asker applied a batch of our answer (apply worker thread)."""
+        with self._lock:
+            answer = self._answering.get(str(body.get("branch")))
+        batch = body.get("batch")
+        if answer is None or body.get("request_id") != answer.request_id or type(batch) is not int:
+            return
+        with answer.wake:
+            answer.acked = max(answer.acked, batch)
+            answer.wake.notify_all()
+
+    def _answer(self, asker: str, since: dict[str, int], answer: Answer) -> None:
+        destination = wire.node_queue(self._channel, asker)
+        headers = {
+            wire.CLIENTID: self._branch_id,
+            wire.TYPE: wire.CATCHUP,
+            wire.REQUEST_ID: answer.request_id,
+            "persistent": "true",
+        }
+        numbered = 0
+        limit = FIRST_BATCH_BYTES
+
+        def send(batch: list[bytes], last: bool) -> bool:
+            nonlocal numbered, limit
+            with answer.wake:
+                if not answer.wake.wait_for(
+                    lambda: numbered - answer.acked < ANSWER_WINDOW, ACK_TIMEOUT_S
+                ):
+                    return False
+            numbered += 1
+            extra = {wire.BATCH: str(numbered), **({wire.LAST: "true"} if last else {})}
+            self._send(destination, b"[" + b",".join(batch) + b"]", {**headers, **extra})
+            limit = min(limit * 2, ANSWER_BATCH_BYTES)
+            return True
+
         try:
-            destination = wire.node_queue(self._channel, asker)
-            headers = {
-                wire.CLIENTID: self._branch_id,
-                wire.TYPE: wire.CATCHUP,
-                wire.REQUEST_ID: request_id,
-                "persistent": "true",
-            }
             batch: list[bytes] = []
             size = sent = 0
             for changeset in self._store.changesets(since=since):
-                if changeset["origin"] == asker:
-                    continue  # it has its own history
                 if changeset["origin"] == self._branch_id and "sig" not in changeset:
                     # Our own, committed before replication ran or not yet confirmed
                     # by the broker: signed now (deterministic, as the sender signs).
                     changeset = sign(changeset, self._key)
                 encoded = orjson.dumps(changeset)
-                if batch and (
-                    len(batch) >= ANSWER_BATCH or size + len(encoded) > ANSWER_BATCH_BYTES
-                ):
-                    self._send(destination, b"[" + b",".join(batch) + b"]", headers)
+                if batch and (len(batch) >= ANSWER_BATCH or size + len(encoded) > limit):
+                    if not send(batch, last=False):
+                        log.warning(
+                            "%s acknowledged nothing for %.0f s: its catch-up answer stops "
+                            "after %d changesets",
+                            asker,
+                            ACK_TIMEOUT_S,
+                            sent - len(batch),
+                        )
+                        return
                     batch, size = [], 0
                 batch.append(encoded)
                 size += len(encoded)
                 sent += 1
-            self._send(destination, b"[" + b",".join(batch) + b"]", {**headers, wire.LAST: "true"})
-            self._stats.catchup_requests_answered += 1
-            log.info("answered %s's catch-up request with %d changesets", asker, sent)
+            if send(batch, last=True):
+                self._stats.catchup_requests_answered += 1
+                log.info("answered %s's catch-up request with %d changesets", asker, sent)
         except Exception:
             log.exception("answering %s's catch-up request failed", asker)
         finally:
             with self._lock:
-                self._answering.discard(asker)
+                self._answering.pop(asker, None)
 
     def status(self) -> dict[str, Any]:
         have = self._store.version_vector

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vesper.errors import ConfigError
 from vesper.history.changeset import Changeset
 from vesper.replication import wire
 from vesper.replication.brokers import BrokerProfile
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 10.0
 TICK_S = 0.5
+SETTLE_S = 0.5
+"""After connecting, how long a starting node listens for its peers' answers to its
+hello before it takes local writes (they answer at once; this covers a busy machine)."""
+START_CHECK_S = 10.0
+"""How long ``wait_started`` waits for a broker before the node takes writes anyway."""
 
 
 def routes(branch_id: str, channels: tuple[str, ...]) -> dict[str, tuple[str, str]]:
@@ -105,6 +112,13 @@ class ReplicationService:
             raise ValueError("replication needs the node's key (ReplicationConfig.key)")
         self.key = config.key
         self.keyring = Keyring(store.db, config.branch_id, self.key.public, config.trusted_keys)
+        self.keyring.on_own_branch_claimed = self._own_branch_claimed
+        self.fatal: str | None = None
+        """Set when this node must not run: its branch id is live under another key."""
+        self.claims: dict[str, str] = {}
+        """Other keys seen signing for this node's branch id -> when (ISO time)."""
+        self._connected_at: float | None = None
+        self._started = threading.Event()
         # Catch-up runs on every channel: a hub answers the nodes of each of them.
         self.anti_entropy = {
             channel: AntiEntropy(
@@ -114,10 +128,13 @@ class ReplicationService:
                 self.stats,
                 self._send,
                 self.key,
+                self.keyring,
                 config.peer_expiry_s,
             )
             for channel in config.channels
         }
+        for anti_entropy in self.anti_entropy.values():
+            anti_entropy.on_refused = self._refused_by_peer
         self._routes = routes(config.branch_id, config.channels)
         self.sender = OutboxSender(
             store, config.channels, config.branch_id, self.stats, self.current_link, self.key
@@ -146,6 +163,86 @@ class ReplicationService:
             target=self._supervise, name="vesper-replication", daemon=True
         )
         self._thread.start()
+
+    def wait_started(self, timeout: float = START_CHECK_S) -> None:
+        """Block until this node may take local writes: connected, its peers heard, and
+        every changeset of its own that a peer holds re-imported (a store restored from
+        an older copy, or in memory, must not reuse a changeset id). Raises ConfigError
+        if its branch id is live on the channel under another key. Without a broker
+        within ``timeout`` it goes on with a warning: it cannot check, and an offline
+        node must still serve."""
+        deadline = time.monotonic() + timeout
+        starting = "starting: checking this node's own history with its peers"
+        self.store.refuse_writes(starting)
+        try:
+            while not self._stop.is_set():
+                if self.fatal is not None:
+                    raise ConfigError(self.fatal)
+                if self._own_history_checked():
+                    return
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "could not check this node's own history with its peers within "
+                        "%.0f s (no broker or no answer); taking writes anyway",
+                        timeout,
+                    )
+                    return
+                self._stop.wait(0.02)
+        finally:
+            if self.fatal is None:
+                if self.store.writes_refused == starting:
+                    self.store.refuse_writes(None)
+                self._started.set()
+
+    def _own_history_checked(self) -> bool:
+        connected_at = self._connected_at
+        if connected_at is None or time.monotonic() - connected_at < SETTLE_S:
+            return False
+        own = self.store.own_head()[0]
+        return all(ae.own_elsewhere <= own for ae in self.anti_entropy.values())
+
+    def _check_refusals(self) -> None:
+        """Peers refuse this node's key for its branch: with configured trusted keys
+        their word is authenticated, so local writes stop (they would never reach
+        anyone). Under trust on first use any broker client can claim it, so it is
+        reported in the status and the log, never obeyed."""
+        if self.keyring.trust_on_first_use or self.store.writes_refused is not None:
+            return
+        refusing = sorted({b for ae in self.anti_entropy.values() for b in ae.refused_by})
+        if refusing:
+            self.store.refuse_writes(
+                f"peers {', '.join(refusing)} refuse this node's key for branch "
+                f"{self.config.branch_id}: another node runs with this branch id, or this "
+                "node lost its key. Give it a new branch_id, or its old key back"
+            )
+
+    def _refused_by_peer(self, peer: str) -> None:
+        if not self._started.is_set() and self.store.own_head()[0] == 0:
+            self.fatal = (
+                f"peer {peer} refuses this node's key {self.key.public} for branch_id "
+                f"{self.config.branch_id!r}: the branch id is taken by another node. Give "
+                "this node a branch_id of its own (or, if it is that node, its key file)"
+            )
+
+    def _own_branch_claimed(self, key: str) -> None:
+        """Something validly signed claims this node's branch under another key."""
+        if key not in self.claims:
+            log.error(
+                "a message signed by %s claims this node's branch %s (this node's key is "
+                "%s): another node runs with this branch id, or an impostor; not obeyed",
+                key,
+                self.config.branch_id,
+                self.key.public,
+            )
+        self.claims[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if not self._started.is_set() and self.store.own_head()[0] == 0:
+            # A new node whose branch id is live under another key: refuse to start
+            # rather than write history that every peer will refuse.
+            self.fatal = (
+                f"branch_id {self.config.branch_id!r} is live on the channel under "
+                f"another key ({key}); this node's key is {self.key.public}. Give this "
+                "node a branch_id of its own (or, if it is that node, its key file)"
+            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -191,6 +288,7 @@ class ReplicationService:
             try:
                 for anti_entropy in self.anti_entropy.values():
                     anti_entropy.tick()
+                self._check_refusals()
             except Exception:
                 log.exception("anti-entropy tick failed")
 
@@ -226,6 +324,7 @@ class ReplicationService:
             return False
         self.profile = profile
         self._link = link
+        self._connected_at = time.monotonic()
         log.info(
             "replicating through %s (%s) on %s",
             link.address,
@@ -312,6 +411,8 @@ class ReplicationService:
             "forks": s.forks,
             "quarantined": dict(sorted(self.worker.quarantine.counts.items())),
             "quarantine_held": self.worker.quarantine.held,
+            "branch_claims": dict(self.claims),
+            "refused_by": sorted({b for ae in self.anti_entropy.values() for b in ae.refused_by}),
         }
         peers: dict[str, Any] = {}
         catchup = None

@@ -4,8 +4,13 @@
   sent, a JSON array of them; headers ``clientid``, ``persistent:true``,
   ``content-type:application/json``.
 - ``/topic/<channel>.sync``: announcements ``{"type": "announce", "branch", "revision"}``.
-- ``/queue/<channel>.<branch_id>``: one per node: catch-up requests to that node, and the
-  catch-up batches it receives (JSON arrays of changesets, the last one marked).
+- ``/queue/<channel>.<branch_id>``: one per node: catch-up requests to that node, the
+  catch-up batches it receives (JSON arrays of changesets, numbered, the last one
+  marked), and the acknowledgements ``{"type": "ack", "branch", "request_id", "batch"}``
+  an asker sends its answerer after applying each batch (flow control).
+
+Announcements, requests and acknowledgements are signed like changesets (``key``,
+``sig``).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ CLIENTID = "clientid"
 TYPE = "vesper-type"
 REQUEST_ID = "vesper-request"
 LAST = "vesper-last"
+BATCH = "vesper-batch"
 
 CHANGESETS = "changesets"
 ANNOUNCE = "announce"
 REQUEST = "request"
 CATCHUP = "catchup"
+ACK = "ack"
 
 JSON = "application/json"
 

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from vesper.errors import HistoryDisabled, InvalidChangeset, InvalidOperation, StorageError
+from vesper.errors import (
+    HistoryDisabled,
+    InvalidChangeset,
+    InvalidOperation,
+    StorageError,
+    WritesRefused,
+)
 from vesper.history.changeset import FORMAT_VERSION, Changeset, iso_time, parse_changeset
 from vesper.history.hlc import HybridClock, wall_ms_of
 from vesper.history.revision import (
@@ -152,6 +158,8 @@ class Store:
             raise
         self._digest_cache: tuple[str, str] | None = None
         self._commit_listeners: list[Callable[[CommitResult], None]] = []
+        self.writes_refused: str | None = None
+        """Why local writes are refused (None: they are taken); see ``refuse_writes``."""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -230,7 +238,16 @@ class Store:
         with _gc_paused(len(ops)):
             return self._commit([parse_op(op, f"ops[{i}]") for i, op in enumerate(ops)])
 
+    def refuse_writes(self, reason: str | None) -> None:
+        """Refuse local writes with ``reason`` (None takes them again). Replication does
+        this while this node's own history may be ahead elsewhere, or when its peers
+        refuse its key: a commit then could reuse a changeset id that means something
+        else on the other nodes."""
+        self.writes_refused = reason
+
     def _commit(self, ops: list[Op]) -> CommitResult:
+        if self.writes_refused is not None:
+            raise WritesRefused(self.writes_refused)
         with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
             states = self._load_states(conn, {op.id for op in ops})
             changes = fold(ops, states.get)

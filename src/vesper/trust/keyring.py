@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from vesper.storage.database import Database
 
 MAX_PINS = 100_000
 """Branches pinned on first use at most: invented branches must not grow the store
 without bound."""
+
+MAX_REFUSALS = 32
+"""Branch/key pairs remembered as refused, for announcements (oldest dropped)."""
+REFUSAL_MEMORY_S = 3600.0
 
 UNTRUSTED_KEY = "untrusted_key"
 KEY_MISMATCH = "key_mismatch"
@@ -37,6 +41,10 @@ class Keyring:
         self._configured = dict(configured) if configured else None
         self._lock = threading.Lock()
         self._pins: dict[str, str] = dict(db.fetch("SELECT branch, key FROM key_pins"))
+        self._refused: dict[tuple[str, str], float] = {}
+        self.on_own_branch_claimed: Callable[[str], None] = lambda key: None
+        """Called with the key when something validly signed claims this node's branch
+        under another key: another node with this branch id, or an impostor."""
 
     @property
     def own_key(self) -> str:
@@ -50,13 +58,22 @@ class Keyring:
         """None if ``key`` may sign for ``branch`` (pinning it on first use), else the
         reason it may not. Call only once the signature verified under ``key``."""
         if branch == self._own_branch:
-            return None if key == self._own_key else KEY_MISMATCH
+            if key == self._own_key:
+                return None
+            self.on_own_branch_claimed(key)
+            return KEY_MISMATCH
         if self._configured is not None:
-            return None if key in self._configured.get(branch, ()) else UNTRUSTED_KEY
+            if key in self._configured.get(branch, ()):
+                return None
+            self._note_refusal(branch, key)
+            return UNTRUSTED_KEY
         with self._lock:
             pinned = self._pins.get(branch)
             if pinned is not None:
-                return None if pinned == key else KEY_MISMATCH
+                if pinned == key:
+                    return None
+                self._note_refusal(branch, key)
+                return KEY_MISMATCH
             if len(self._pins) >= MAX_PINS:
                 return TOO_MANY_BRANCHES
             with self._db.write() as conn:
@@ -66,6 +83,21 @@ class Keyring:
                 )
             self._pins[branch] = key
             return None
+
+    def _note_refusal(self, branch: str, key: str) -> None:
+        self._refused[(branch, key)] = time.monotonic()
+        if len(self._refused) > MAX_REFUSALS:
+            del self._refused[min(self._refused, key=self._refused.__getitem__)]
+
+    def refusals(self) -> dict[str, list[str]]:
+        """Branch -> keys refused for it lately: announced, so that a node whose key its
+        peers refuse (another node with its branch id) learns it."""
+        now = time.monotonic()
+        out: dict[str, list[str]] = {}
+        for (branch, key), when in list(self._refused.items()):
+            if now - when <= REFUSAL_MEMORY_S:
+                out.setdefault(branch, []).append(key)
+        return out
 
     def pinned(self, branch: str) -> str | None:
         if self._configured is not None:
