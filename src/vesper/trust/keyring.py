@@ -84,6 +84,14 @@ class Keyring:
             self._pins[branch] = key
             return None
 
+    def refuses(self, branch: str, key: str) -> str | None:
+        """The reason ``key`` is refused for ``branch`` if a message validly signed by
+        it was refused before (then its signature need not be checked again), else
+        None. Records nothing."""
+        if (branch, key) not in self._refused:
+            return None
+        return KEY_MISMATCH if self._configured is None else UNTRUSTED_KEY
+
     def _note_refusal(self, branch: str, key: str) -> None:
         self._refused[(branch, key)] = time.monotonic()
         if len(self._refused) > MAX_REFUSALS:
