@@ -388,3 +388,18 @@ def test_the_pending_set_keeps_no_far_future_changesets(broker: MemoryBroker, no
     broker.publish(wire.topic("c"), *changeset_message(*bodies))
     wait_for(lambda: quarantined(b, "pending_full") >= 1, 10, "refused as over the bound")
     assert b.store.pending_count == 0
+
+
+def test_stuck_pending_changesets_are_explained_in_status(broker: MemoryBroker, node: Make) -> None:
+    a = node("A")
+    a.service.stop()
+    for i in range(3):
+        a.store.create({"id": f"d{i}"})
+    bodies = [sign(cs, a.key) for cs in a.store.changesets()]
+    b = node("B")
+    broker.publish(wire.topic("c"), *changeset_message(bodies[2]))  # A.1 and A.2 lost
+    wait_for(lambda: b.store.pending_count == 1, 10, "A.3 pending on B")
+    detail = b.status()["pending_detail"]
+    assert detail == [
+        {"origin": "A", "waiting": 1, "first": "A.3", "missing": ["A.1"], "announced_by": []}
+    ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from vesper.errors import ConfigError
 from vesper.history.changeset import Changeset
+from vesper.history.revision import parse_revision
 from vesper.replication import wire
 from vesper.replication.brokers import BrokerProfile
 from vesper.replication.catchup import AntiEntropy
@@ -421,5 +422,21 @@ class ReplicationService:
             for branch, info in part["peers"].items():
                 peers.setdefault(branch, {**info, "channel": channel})
             catchup = catchup or part["catchup"]
-        out.update(peers=peers, catchup=catchup)
+        out.update(peers=peers, catchup=catchup, pending_detail=self._pending_detail(peers))
         return out
+
+    def _pending_detail(self, peers: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each origin's waiting changesets with what they miss and which peers
+        announced having it (none: catch-up cannot fetch it yet)."""
+        vectors = {b: parse_revision(p["revision"]) for b, p in peers.items()}
+        detail = self.store.pending_explained()
+        for entry in detail:
+            entry["announced_by"] = sorted(
+                b
+                for b, vector in vectors.items()
+                if all(
+                    vector.get(origin, 0) >= int(counter)
+                    for origin, _, counter in (m.rpartition(".") for m in entry["missing"])
+                )
+            )[:10]
+        return detail

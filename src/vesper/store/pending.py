@@ -102,6 +102,14 @@ class PendingIndex:
                 self._put(origin, counter, base)
         self._journal.clear()
 
+    def lowest(self, origin: str) -> tuple[int, dict[str, int]] | None:
+        """The lowest waiting counter of ``origin`` and its causal context."""
+        waiting = self._by_origin.get(origin)
+        if not waiting:
+            return None
+        counter = min(waiting)
+        return counter, waiting[counter]
+
     def summary(self) -> dict[str, list[int]]:
         """Per origin, the lowest waiting counter and how many wait (for status)."""
         return {o: [min(w), len(w)] for o, w in sorted(self._by_origin.items())}

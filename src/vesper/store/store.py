@@ -620,6 +620,34 @@ class Store:
     def pending_count(self) -> int:
         return len(self._pending)
 
+    def pending_explained(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Why changesets wait, per origin (at most ``limit``): how many, the first, and
+        the changesets it still needs (its predecessor, or what its context names)."""
+        out = []
+        with self.db.lock:
+            for origin, (first, waiting) in list(self._pending.summary().items())[:limit]:
+                lowest = self._pending.lowest(origin)
+                assert lowest is not None
+                counter, base = lowest
+                have = self._vv.get(origin, 0)
+                if have < counter - 1:
+                    missing = [f"{origin}.{have + 1}"]
+                else:
+                    missing = [
+                        f"{k}.{self._vv.get(k, 0) + 1}"
+                        for k, c in sorted(base.items())
+                        if self._vv.get(k, 0) < c
+                    ]
+                out.append(
+                    {
+                        "origin": origin,
+                        "waiting": waiting,
+                        "first": f"{origin}.{first}",
+                        "missing": missing,
+                    }
+                )
+        return out
+
     def pending_origins(self) -> list[str]:
         """Origins of the changesets waiting for a predecessor."""
         with self.db.lock:
