@@ -228,7 +228,8 @@ class MemoryNode:
     ) -> None:
         self.branch = branch
         self.key = config.pop("key", None) or NodeKey.generate()
-        self.store = open_store("mem://", branch, save_history=True, outbox=True)
+        url = config.pop("storage_url", "mem://")
+        self.store = open_store(url, branch, save_history=True, outbox=True)
         self.service = ReplicationService(
             self.store,
             ReplicationConfig(branch, (("memory", 0),), channels, key=self.key, **config),

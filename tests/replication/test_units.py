@@ -7,7 +7,9 @@ deliver it.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -15,9 +17,10 @@ import pytest
 from tests.replication.harness import wait_for
 from tests.replication.memory_transport import MemoryBroker, MemoryNode
 from vesper.replication import wire
+from vesper.store import open_store
 from vesper.trust import verifier as verifier_module
 from vesper.trust.keys import NodeKey
-from vesper.trust.signing import sign
+from vesper.trust.signing import content_hash, sign
 
 Make = Callable[..., MemoryNode]
 
@@ -403,3 +406,36 @@ def test_stuck_pending_changesets_are_explained_in_status(broker: MemoryBroker, 
     assert detail == [
         {"origin": "A", "waiting": 1, "first": "A.3", "missing": ["A.1"], "announced_by": []}
     ]
+
+
+def test_a_history_written_before_signing_is_signed_by_its_origin_and_spread(
+    broker: MemoryBroker, node: Make, tmp_path: Path
+) -> None:
+    """The upgrade of a cluster written by the previous version: unsigned format-1
+    changesets in every store. Each origin signs and republishes its own once; peers
+    take the signatures over for their copies, so a new node can bootstrap from any."""
+    urls = {b: f"sqlite:///{tmp_path}/{b}.db" for b in "AB"}
+    with open_store(urls["A"], "A") as a_store, open_store(urls["B"], "B") as b_store:
+        for i in range(4):
+            a_store.create({"id": f"old{i}"})
+        legacy = [
+            {k: v for k, v in cs.items() if k not in ("v", "prev")} for cs in a_store.changesets()
+        ]
+        b_store.apply_many(legacy)
+    for url in urls.values():  # as the previous version left them: format 1, no heads
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute("UPDATE changesets SET body = json_remove(body, '$.v', '$.prev')")
+            conn.execute(
+                "UPDATE meta SET value = json_remove(value, '$.heads') WHERE key = 'state'"
+            )
+    b = node("B", storage_url=urls["B"])  # subscribed before A publishes
+    a = node("A", storage_url=urls["A"])
+    wait_for(lambda: all("sig" in cs for cs in b.store.changesets()), 10, "B took the signatures")
+    assert all("v" not in cs for cs in b.store.changesets())  # the content is unchanged
+    a.store.create({"id": "new"})  # the first format-2 changeset chains onto the old ones
+    wait_for(lambda: b.store.get("new"), 10, "the new write on B")
+    assert b.store.changeset("A.5")["prev"] == content_hash(b.store.changeset("A.4"))
+    a.stop()
+    c = node("C")
+    wait_for(lambda: c.store.count == 5, 20, "C bootstrapped from B alone")
+    assert c.status()["quarantined"] == {} and c.status()["forks"] == 0

@@ -165,8 +165,10 @@ class ApplyWorker:
         if changesets:
             result = self._apply(changesets)
             self._report(result, carriers)
-            if self._relay is not None and result.applied:
-                self._relay_applied(result.applied, changesets, sources)
+            if self._relay is not None and (result.applied or result.adopted):
+                # Signatures taken over for held copies travel on too, so the nodes
+                # behind a hub get them as well.
+                self._relay_applied(result.applied + result.adopted, changesets, sources)
         for anti_entropy, headers, n in catchups:
             anti_entropy.on_catchup(headers, n)
         # Kept before acknowledging: a refused message is acknowledged only once its

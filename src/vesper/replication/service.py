@@ -157,6 +157,13 @@ class ReplicationService:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
+        queued = self.store.queue_unsigned_own()
+        if queued:
+            log.info(
+                "signing and publishing %d changesets of this node written before changesets "
+                "were signed; peers keep the signatures for their copies",
+                queued,
+            )
         self.store.add_commit_listener(self.sender.wake)
         self.worker.start()
         self.sender.start()

@@ -128,6 +128,9 @@ class ApplyResult:
     """Ids the store already had (no-ops)."""
     forks: list[Fork] = field(default_factory=list)
     """Changesets refused because they contradict the history held (never applied)."""
+    adopted: list[str] = field(default_factory=list)
+    """Ids of held changesets that arrived signed where the held copy was not: the
+    signature was kept (a store written before signing becomes servable)."""
     dropped: list[Changeset] = field(default_factory=list)
     """Changesets not kept because the pending set is full for their origin (catch-up
     fetches them again once their predecessors are here)."""
@@ -313,6 +316,7 @@ class Store:
         duplicates: list[str] = []
         forks: list[Fork] = []
         dropped: list[Changeset] = []
+        adopted: list[str] = []
         size = sum(len(cs.changes) for cs in parsed)
         with (
             _gc_paused(size),
@@ -331,7 +335,7 @@ class Store:
                     self._apply_one(conn, cs)
                     applied.append(cs.id)
                 elif self._vv.get(cs.origin, 0) >= cs.counter or self._pending.has(cs):
-                    fork = self._compare_copy(conn, cs)
+                    fork = self._compare_copy(conn, cs, adopted)
                     if fork is None:
                         duplicates.append(cs.id)
                     else:
@@ -346,7 +350,7 @@ class Store:
                 self._save_state(conn)
         released = set(applied)
         return ApplyResult(
-            applied, [p for p in pending if p not in released], duplicates, forks, dropped
+            applied, [p for p in pending if p not in released], duplicates, forks, adopted, dropped
         )
 
     def _chain_break(self, cs: Changeset) -> Fork | None:
@@ -360,7 +364,7 @@ class Store:
             return None
         return Fork(cs, ours, prev, "broken_chain")
 
-    def _compare_copy(self, conn: Any, cs: Changeset) -> Fork | None:
+    def _compare_copy(self, conn: Any, cs: Changeset, adopted: list[str]) -> Fork | None:
         """A changeset this store already holds (applied or pending): the same content
         is a duplicate, and a signature the held copy lacks is taken over (so a store
         written before signing becomes servable); other content is a fork."""
@@ -379,6 +383,7 @@ class Store:
                 f"UPDATE {table} SET body = ? WHERE origin = ? AND counter = ?",
                 (orjson.dumps(cs.body).decode(), cs.origin, cs.counter),
             )
+            adopted.append(cs.id)
         return None
 
     def _pending_full(self, cs: Changeset) -> bool:
@@ -706,6 +711,23 @@ class Store:
                     "UPDATE changesets SET body = ? WHERE seq = ?",
                     [(body, seq) for seq, body in signed.items()],
                 )
+
+    def queue_unsigned_own(self) -> int:
+        """Once per store: put this store's own changesets that carry no signature
+        (written before signing, or before replication was on) in the outbox, so that
+        the sender signs and publishes them and every peer takes the signature over for
+        its copy. Returns how many were queued."""
+        with self.db.lock, self.db.write() as conn:
+            if conn.execute("SELECT 1 FROM meta WHERE key = 'own_signed'").fetchone():
+                return 0
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO outbox(seq) SELECT seq FROM changesets "
+                "WHERE origin = ? AND json_extract(body, '$.sig') IS NULL "
+                "AND seq NOT IN (SELECT seq FROM outbox)",
+                (self.branch_id,),
+            )
+            conn.execute("INSERT INTO meta VALUES ('own_signed', '1')")
+            return cur.rowcount
 
     def own_head(self) -> tuple[int, str]:
         """This store's own counter and the content hash of its latest changeset."""
