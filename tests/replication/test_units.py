@@ -439,3 +439,16 @@ def test_a_history_written_before_signing_is_signed_by_its_origin_and_spread(
     c = node("C")
     wait_for(lambda: c.store.count == 5, 20, "C bootstrapped from B alone")
     assert c.status()["quarantined"] == {} and c.status()["forks"] == 0
+
+
+def test_a_hub_relays_changesets_with_their_origins_signatures(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a = node("A", channels=("site",))
+    node("H", channels=("site", "top"))
+    b = node("B", channels=("top",))
+    a.store.create({"id": "via-hub"})
+    wait_for(lambda: b.store.get("via-hub"), 10, "A's write on B through the hub")
+    relayed = b.store.changeset("A.1")
+    assert relayed["key"] == a.key.public
+    assert b.status()["quarantined"] == {}
