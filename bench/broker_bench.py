@@ -1,4 +1,4 @@
-"""Throughput and memory of the embedded broker (issue 4). Figures are printed, not asserted.
+"""Throughput and memory of the embedded broker. Figures are printed, not asserted.
 
     .venv/bin/python bench/broker_bench.py                 # memory and sqlite, 20,000 msgs
     .venv/bin/python bench/broker_bench.py --offline 1000000   # RSS with 1M held messages

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""HTTP throughput and latency of one Vesper node (issue 3 targets).
+"""HTTP throughput and latency of one Vesper node, beside its targets.
 
 Starts ``vesper serve`` as a subprocess on a fresh SQLite file store
 (``save_history = True``, as replication needs) on a free port, then drives it with

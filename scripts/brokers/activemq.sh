@@ -3,7 +3,7 @@
 #   activemq.sh start DIR PORT   (returns once STOMP accepts connections)
 #   activemq.sh stop DIR
 # The distribution's configuration has no STOMP connector: we copy it and replace the
-# connectors with one stomp:// listener (see BROKERS.md in the project notes).
+# connectors with one stomp:// listener (see docs/replication.md).
 set -euo pipefail
 cmd=${1:?usage: activemq.sh start DIR PORT | stop DIR}
 dir=$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)

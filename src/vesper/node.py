@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class ReplicationService(Protocol):
-    """What a Node needs from the replication service the replication issue adds."""
+    """What a Node needs from its replication service."""
 
     def status(self) -> dict[str, Any]: ...
 
@@ -117,7 +117,7 @@ class Node:
         return Quarantine(self.store.db).entries(limit, reason)
 
     def status(self) -> dict[str, Any]:
-        """The ``GET /api/status`` document (SPEC section 4).
+        """The ``GET /api/status`` document (docs/http-api.md).
 
         May walk the whole store for the digest (cached by revision in the store), so
         callers on an event loop run it in a thread.

@@ -1,4 +1,4 @@
-"""Many connections and pipelined load (coilmq's failure modes, BROKERS.md)."""
+"""Many connections and pipelined load (coilmq's failure modes)."""
 
 from __future__ import annotations
 

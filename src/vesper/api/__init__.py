@@ -1,4 +1,4 @@
-"""The HTTP API of a node (SPEC section 4), on Starlette and uvicorn."""
+"""The HTTP API of a node (docs/http-api.md), on Starlette and uvicorn."""
 
 from vesper.api.app import create_app
 

@@ -19,7 +19,7 @@ def create_app(
     inline_writes: bool = True,
     inline_reads: bool = True,
 ) -> RequestGuard:
-    """The HTTP API (SPEC section 4) over ``node``, which the caller starts and closes.
+    """The HTTP API (docs/http-api.md) over ``node``, which the caller starts and closes.
 
     ``max_body_bytes`` defaults to the node's ``api_max_body_bytes``; ``inline_*``
     choose where single-object store calls run (see ApiContext). The result is an
@@ -35,7 +35,7 @@ def create_app(
         *openapi.routes(),
     ]
     # Plain Starlette, not FastAPI: FastAPI's per-request dependency and validation
-    # machinery cost ~3.5x Starlette's time per request here (issue 3 measurements);
+    # machinery cost ~3.5x Starlette's time per request here (measured when it was chosen);
     # the OpenAPI document is written out in vesper.api.openapi instead.
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     app.state.context = ctx

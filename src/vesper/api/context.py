@@ -22,7 +22,7 @@ class ApiContext:
     ``inline_writes`` / ``inline_reads``: run single-object store calls on the event
     loop instead of a worker thread. The store is synchronous and each such call takes
     tens to hundreds of microseconds, less than a thread hop costs on a 2-core machine
-    (bench/http_bench.py --mode compares both, issue 3). The price: while another
+    (bench/http_bench.py --mode compares both). The price: while another
     thread holds the store's write lock (a large remote apply), the loop waits with it.
     Scans, history and the status always run in a thread: their cost grows with the
     store.

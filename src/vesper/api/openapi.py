@@ -167,7 +167,7 @@ SCHEMAS: dict[str, Any] = {
                 "description": "this node's Ed25519 key ('ed25519:...'); null without replication",
             },
             "revision": _REVISION,
-            "digest": {"type": "string", "description": "SHA-256 of all objects (SPEC 4)"},
+            "digest": {"type": "string", "description": "SHA-256 of all objects"},
             "objects": {"type": "integer"},
             "pending": {"type": "integer"},
             "outbox": {"type": "integer"},

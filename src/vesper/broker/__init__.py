@@ -1,4 +1,4 @@
-"""Vesper's embedded STOMP broker (issue 4): see docs/broker.md."""
+"""Vesper's embedded STOMP broker: see docs/broker.md."""
 
 from vesper.broker.config import BrokerConfig
 from vesper.broker.errors import (

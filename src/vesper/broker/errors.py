@@ -1,4 +1,4 @@
-"""Errors raised by the embedded STOMP broker (issue 4)."""
+"""Errors raised by the embedded STOMP broker."""
 
 from vesper.errors import VesperError
 

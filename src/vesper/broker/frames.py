@@ -2,7 +2,7 @@
 
 The parser finds frame boundaries with ``bytes.find`` on one growing buffer and keeps
 the state of a half-received frame, so a frame split across reads is never re-parsed
-(coilmq's failure under pipelined load, see BROKERS.md).
+(coilmq's failure under pipelined load, see docs/broker.md).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def on_connect(conn: StompConnection, frame: Frame) -> None:
     client_id = h.get("client-id") or None
     if client_id is not None:
         if client_id in broker.client_ids:
-            # ActiveMQ's rule: one live connection per client-id (BROKERS.md).
+            # ActiveMQ's rule: one live connection per client-id.
             raise ProtocolError("client-id already connected", f"client-id {client_id!r} is in use")
         broker.client_ids[client_id] = conn
         conn.client_id = client_id

@@ -1,4 +1,4 @@
-"""What each broker needs, in one place (see BROKERS.md in the project notes).
+"""What each broker needs, in one place (docs/replication.md).
 
 The product is read from the CONNECTED frame's ``server`` header unless the
 ``replication_broker`` setting names it.

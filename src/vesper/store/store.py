@@ -569,7 +569,7 @@ class Store:
         return iter_objects(self.db, spec, limit, after)
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON of all objects sorted by id (SPEC section 4)."""
+        """SHA-256 of the canonical JSON of all objects sorted by id (docs/http-api.md)."""
         return self.revision_and_digest()[1]
 
     def revision_and_digest(self) -> tuple[str, str]:
