@@ -452,3 +452,16 @@ def test_a_hub_relays_changesets_with_their_origins_signatures(
     relayed = b.store.changeset("A.1")
     assert relayed["key"] == a.key.public
     assert b.status()["quarantined"] == {}
+
+
+def test_a_flood_of_forgeries_is_counted_in_full_but_logged_briefly(
+    broker: MemoryBroker, node: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = node("B")
+    for i in range(50):
+        fake = {"type": "announce", "branch": f"X{i}", "revision": ""}
+        broker.publish(wire.sync_topic("c"), {wire.CLIENTID: f"X{i}"}, orjson.dumps(fake))
+    wait_for(lambda: quarantined(b, "unsigned") == 50, 10, "all 50 quarantined")
+    lines = [r for r in caplog.records if "rejected message" in r.getMessage()]
+    assert len(lines) == 10
+    assert len(b.service.worker.quarantine.entries(limit=100)) == 50

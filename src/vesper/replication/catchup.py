@@ -232,6 +232,8 @@ class AntiEntropy:
                         self._branch_id,
                     )
                 self.refused_by[branch] = now
+                if len(self.refused_by) > MAX_PEERS:
+                    del self.refused_by[min(self.refused_by, key=self.refused_by.__getitem__)]
                 self.on_refused(branch)
         if body.get("hello") is True:
             self.answer_hello()

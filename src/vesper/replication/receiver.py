@@ -68,6 +68,7 @@ class ApplyWorker:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._rejected: list[Rejected] = []
+        self._log_limit = LogLimit()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vesper-apply", daemon=True)
@@ -268,12 +269,13 @@ class ApplyWorker:
     def _reject(self, delivery: Delivery, reason: str, detail: str) -> None:
         self._stats.receive_errors += 1
         self._rejected.append(Rejected(reason, detail, dict(delivery.headers), delivery.body))
-        log.warning(
-            "rejected message from %s (%s): %s",
-            delivery.headers.get(wire.CLIENTID),
-            reason,
-            detail,
-        )
+        if self._log_limit.allow(reason):
+            log.warning(
+                "rejected message from %s (%s): %s",
+                delivery.headers.get(wire.CLIENTID),
+                reason,
+                detail,
+            )
 
     def _acknowledge(self, batch: list[Delivery]) -> None:
         if not self._ack:
@@ -303,3 +305,29 @@ class ApplyWorker:
 def _counter_above(changeset_id: object, counter: int) -> bool:
     _, _, text = str(changeset_id).rpartition(".")
     return text.isdigit() and int(text) > counter
+
+
+class LogLimit:
+    """At most ``per_window`` log lines per reason and window, then one line saying how
+    many were not logged: a flood of forged messages must not flood the log (every one
+    is still counted and quarantined)."""
+
+    def __init__(self, per_window: int = 10, window_s: float = 60.0) -> None:
+        self._per_window = per_window
+        self._window_s = window_s
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def allow(self, reason: str) -> bool:
+        now = time.monotonic()
+        start, count = self._windows.get(reason, (now, 0))
+        if now - start >= self._window_s:
+            if count > self._per_window:
+                log.warning(
+                    "%d more messages rejected (%s) in the last %.0f s; see GET /api/quarantine",
+                    count - self._per_window,
+                    reason,
+                    now - start,
+                )
+            start, count = now, 0
+        self._windows[reason] = (start, count + 1)
+        return count < self._per_window

@@ -43,6 +43,8 @@ TICK_S = 0.5
 SETTLE_S = 0.5
 """After connecting, how long a starting node listens for its peers' answers to its
 hello before it takes local writes (they answer at once; this covers a busy machine)."""
+MAX_CLAIMS = 20
+"""Other keys claiming this node's branch kept for the status (the newest)."""
 START_CHECK_S = 10.0
 """How long ``wait_started`` waits for a broker before the node takes writes anyway."""
 
@@ -243,6 +245,8 @@ class ReplicationService:
                 self.key.public,
             )
         self.claims[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        while len(self.claims) > MAX_CLAIMS:
+            del self.claims[next(iter(self.claims))]  # the oldest
         if not self._started.is_set() and self.store.own_head()[0] == 0:
             # A new node whose branch id is live under another key: refuse to start
             # rather than write history that every peer will refuse.
