@@ -28,7 +28,36 @@ _HIGH_BMP = "\ue000"
 
 def canonical(value: Any) -> bytes:
     """The canonical UTF-8 bytes of a JSON value (dict, list, str, int, float, bool, None)."""
+    if _plain(value):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     return orjson.dumps(_prepare(value), option=orjson.OPT_SORT_KEYS)
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _plain(value: Any) -> bool:
+    """Whether orjson's sorted output of ``value`` is already canonical: no floats, and
+    no key that sorts differently in UTF-16. One pass without recursion or copies: a
+    changeset is hashed on every commit and every apply, and this is most of the cost."""
+    stack = [value]
+    scalars = _SCALARS
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            for key, child in item.items():
+                if not key.isascii() and max(key) >= _HIGH_BMP:
+                    return False
+                if type(child) not in scalars:
+                    stack.append(child)
+        elif kind is list:
+            for child in item:
+                if type(child) not in scalars:
+                    stack.append(child)
+        elif kind not in scalars:
+            return False  # a float (or something orjson will refuse)
+    return True
 
 
 def _prepare(value: Any) -> Any:

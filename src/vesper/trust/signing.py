@@ -17,11 +17,14 @@ from vesper.trust.canonical import canonical
 from vesper.trust.keys import NodeKey
 
 SIGNATURE_FIELDS = ("sig", "key")
+"""Left out of what is signed and hashed."""
 
 
 def signing_bytes(body: Mapping[str, Any]) -> bytes:
     if "sig" in body or "key" in body:
-        body = {k: v for k, v in body.items() if k not in SIGNATURE_FIELDS}
+        body = dict(body)
+        for name in SIGNATURE_FIELDS:
+            body.pop(name, None)
     return canonical(body)
 
 
