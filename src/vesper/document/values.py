@@ -54,6 +54,48 @@ def check_value(value: object, where: str, depth: int = 0) -> None:
     raise InvalidDocument(f"{where}: {t.__name__} is not a JSON value")
 
 
+def normalize_numbers(value: Any) -> Any:
+    """``value`` with every integral float in the 64-bit range turned into an int.
+
+    JSON has one number type and its canonical form (RFC 8785) writes ``10.0`` as
+    ``10``: without this, two copies of a changeset that differ only there would hash
+    and verify the same yet store different values. After it, the canonical bytes of a
+    value read back as exactly that value. Returns ``value`` itself when nothing
+    changes (the common case costs one pass and no copy).
+    """
+    kind = type(value)
+    if kind is float:
+        if value.is_integer() and _INT_MIN <= value < 2.0**64:
+            return int(value)
+        return value
+    if kind is dict:
+        out = None
+        for key, item in value.items():
+            if type(item) in _SCALARS:
+                continue
+            fixed = normalize_numbers(item)
+            if fixed is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = fixed
+        return value if out is None else out
+    if kind is list:
+        out_list = None
+        for i, item in enumerate(value):
+            if type(item) in _SCALARS:
+                continue
+            fixed = normalize_numbers(item)
+            if fixed is not item:
+                if out_list is None:
+                    out_list = list(value)
+                out_list[i] = fixed
+        return value if out_list is None else out_list
+    return value
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 def check_document(doc: object, what: str = "document") -> dict[str, Any]:
     """Validate a whole document: a JSON object whose ``id`` (if present) is valid."""
     if type(doc) is not dict:

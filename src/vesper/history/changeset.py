@@ -27,13 +27,16 @@ from typing import Any
 
 import orjson
 
-from vesper.document.values import check_id, check_value
+from vesper.document.values import check_id, check_value, normalize_numbers
 from vesper.errors import InvalidChangeset, InvalidDocument, InvalidRevision
 from vesper.history.revision import parse_changeset_id, parse_revision
 from vesper.trust.signing import content_hash
 
 OPS = frozenset({"create", "replace", "update", "delete"})
 MAX_CHANGESET_BYTES = 64 * 1024 * 1024
+MAX_HLC = 2**62
+"""Clock values at or above this are refused: a clock observed there could never tick
+again within 64 bits (2**62 milliseconds << 16 is a date some 2,200 years away)."""
 FORMAT_VERSION = 2
 """``v`` of the changesets this version writes: signed and hash-chained."""
 _HEX = frozenset("0123456789abcdef")
@@ -136,10 +139,13 @@ def _parse(body: dict[str, Any], own_branch: str | None) -> Changeset:
             f"base_revision {body['base_revision']!r} plus {body['id']}"
         )
     hlc = _require(body, "hlc", int)
-    if hlc < 0 or hlc >= 2**63:
+    if hlc < 0 or hlc >= MAX_HLC:
         raise InvalidChangeset(f"changeset {body['id']}: hlc {hlc} is out of range")
     _check_chain_fields(body, counter)
     changes = _require(body, "changes", list)
+    changes = normalize_numbers(changes)
+    if changes is not body["changes"]:
+        body = {**body, "changes": changes}
     seen: set[str] = set()
     for i, change in enumerate(changes):
         _check_change(change, f"changes[{i}]")

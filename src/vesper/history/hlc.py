@@ -12,6 +12,14 @@ import time
 from collections.abc import Callable
 
 LOGICAL_BITS = 16
+MAX_AHEAD_MS = 3600 * 1000
+"""How far ahead of this node's wall clock an observed timestamp may move its clock.
+
+Supersession does not depend on clocks (a later write names what it saw in its causal
+context), so capping loses no causality; timestamps only order concurrent writes. It
+keeps a remote timestamp near the top of the range (a bogus clock, or a hostile
+origin) from dragging every later local write along and leaving this node unable to
+write anything its peers accept."""
 
 
 def wall_ms_of(hlc: int) -> int:
@@ -29,5 +37,6 @@ class HybridClock:
         return self.last
 
     def observe(self, remote: int) -> None:
+        remote = min(remote, (self._now_ms() + MAX_AHEAD_MS) << LOGICAL_BITS)
         if remote > self.last:
             self.last = remote

@@ -62,6 +62,12 @@ MAX_ANSWERS = 8
 """Answers streaming at once; further requests wait for the asker to ask again."""
 PROGRESS_LOG_S = 5.0
 MAX_PEERS = 1_000
+MAX_UNKNOWN_ENTRIES = 1_000
+"""Entries of origins this node does not know kept from one announcement: enough to
+learn of new branches, not enough for a forged 20,000-entry revision to cost memory."""
+REFUSAL_TTL_S = 60.0
+"""A peer's refusal of this node's key counts while it keeps announcing it; this long
+after the last announcement that said so, it no longer does."""
 DEFAULT_PEER_EXPIRY_S = 7 * 24 * 3600.0
 
 
@@ -77,6 +83,11 @@ class Peer:
     wall: str = ""
     timeouts: int = 0
     """Requests to it that went unanswered since it last answered one."""
+    answered: int = 0
+    """Requests it answered with changesets: a peer that has given before is asked
+    before an unknown one."""
+    sent_ms: int = 0
+    """``time_ms`` of its latest announcement (older ones are ignored)."""
 
 
 @dataclass
@@ -122,6 +133,7 @@ class AntiEntropy:
         self.refused_by: dict[str, float] = {}
         """Peers that announce they refuse this node's key for its branch id, and when."""
         self._last_hello_reply = 0.0
+        self._last_heard = 0.0
         self.on_refused: Any = lambda peer: None
         """Called with a peer's branch when it announces that it refuses our key."""
         self._peer_expiry_s = peer_expiry_s
@@ -151,6 +163,7 @@ class AntiEntropy:
             "type": wire.ANNOUNCE,
             "branch": self._branch_id,
             "revision": self._announced,
+            "time_ms": int(time.time() * 1000),
         }
         if hello:
             body["hello"] = True
@@ -215,26 +228,22 @@ class AntiEntropy:
         branch = body.get("branch")
         if not isinstance(branch, str) or branch == self._branch_id:
             return
-        revision = parse_revision(body.get("revision", ""))
+        sent = body.get("time_ms")
+        if type(sent) is not int or abs(time.time() * 1000 - sent) > wire.REQUEST_MAX_AGE_MS:
+            return  # stale: a captured announcement replayed later changes nothing
+        revision = self._known_part(parse_revision(body.get("revision", "")), branch)
         now = time.monotonic()
+        self._last_heard = now
         self.own_elsewhere = max(self.own_elsewhere, revision.get(self._branch_id, 0))
         refused = body.get("refused")
-        if isinstance(refused, dict):
-            keys = refused.get(self._branch_id)
-            if isinstance(keys, list) and self._key.public in keys:
-                if branch not in self.refused_by:
-                    log.error(
-                        "peer %s refuses this node's key %s for branch %s: another node "
-                        "runs with this branch id (or this node lost its key). Give this "
-                        "node a new branch_id, or its old key back (docs/security.md)",
-                        branch,
-                        self._key.public,
-                        self._branch_id,
-                    )
-                self.refused_by[branch] = now
-                if len(self.refused_by) > MAX_PEERS:
-                    del self.refused_by[min(self.refused_by, key=self.refused_by.__getitem__)]
-                self.on_refused(branch)
+        keys = refused.get(self._branch_id) if isinstance(refused, dict) else None
+        if isinstance(keys, list) and self._key.public in keys:
+            self.refused_by[branch] = now
+            if len(self.refused_by) > MAX_PEERS:
+                del self.refused_by[min(self.refused_by, key=self.refused_by.__getitem__)]
+            self.on_refused(branch)
+        else:
+            self.refused_by.pop(branch, None)  # it no longer refuses this node's key
         if body.get("hello") is True:
             self.answer_hello()
         with self._lock:
@@ -245,13 +254,40 @@ class AntiEntropy:
                     stalest = min(self.peers, key=lambda b: self.peers[b].seen)
                     del self.peers[stalest]
                 peer = self.peers[branch] = Peer(revision, now)
-            peer.revision, peer.seen = revision, now
+            elif sent <= peer.sent_ms:
+                return  # older than one already heard from it
+            peer.revision, peer.seen, peer.sent_ms = revision, now, sent
             peer.wall = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if new:
-            # A node we have not heard from: tell it where we are right away, so a
-            # new node learns what to ask for without waiting for the next interval.
-            self.announce()
+            # A node we have not heard from: tell it where we are soon (at most once a
+            # second, so a flood of invented peers gets no flood of announcements).
+            self.answer_hello()
         self._maybe_request(now)
+
+    def _known_part(self, revision: dict[str, int], sender: str) -> dict[str, int]:
+        """The announced revision's entries of origins this node knows, the sender's
+        own, and at most MAX_UNKNOWN_ENTRIES others."""
+        if len(revision) <= MAX_UNKNOWN_ENTRIES:
+            return revision
+        have = self._store.version_vector
+        out: dict[str, int] = {}
+        unknown = 0
+        for origin, counter in revision.items():
+            if origin in have or origin == sender or origin == self._branch_id:
+                out[origin] = counter
+            elif unknown < MAX_UNKNOWN_ENTRIES:
+                out[origin] = counter
+                unknown += 1
+        return out
+
+    def refusing(self) -> list[str]:
+        """Peers that announced within REFUSAL_TTL_S that they refuse this node's key."""
+        now = time.monotonic()
+        return [b for b, when in self.refused_by.items() if now - when <= REFUSAL_TTL_S]
+
+    def heard_since(self, moment: float) -> bool:
+        """Whether a peer's announcement was processed after ``moment`` (monotonic)."""
+        return self._last_heard > moment
 
     def answer_hello(self) -> None:
         """Announce now for a node that just connected (at most once a second)."""
@@ -283,7 +319,7 @@ class AntiEntropy:
         elif self._pending_since is None:
             self._pending_since = now
         gap = self._pending_since is not None and now - self._pending_since >= GRACE_S
-        candidate: tuple[int, int, str] | None = None
+        best: tuple[tuple[bool, int, int, int], int, str] | None = None
         with self._lock:
             for branch, peer in self.peers.items():
                 if dominates(have, peer.revision):
@@ -305,9 +341,20 @@ class AntiEntropy:
                     or behind_on_own
                 ):
                     lag = self.lag(peer, have)
-                    # Fewest unanswered requests first, then the most to give.
-                    if candidate is None or (-peer.timeouts, lag) > (-candidate[0], candidate[1]):
-                        candidate = (peer.timeouts, lag, branch)
+                    # First the origin of what is missing, if its key is known (a forged
+                    # peer cannot be that); then peers that answered before, then the
+                    # fewest unanswered requests, then the most to give. Invented peers
+                    # that announce much and answer nothing thus go to the back.
+                    is_origin = peer.revision.get(branch, 0) > have.get(branch, 0)
+                    score = (
+                        is_origin and self._keyring.known(branch),
+                        min(peer.answered, 3),
+                        -peer.timeouts,
+                        lag,
+                    )
+                    if best is None or score > best[0]:
+                        best = (score, lag, branch)
+            candidate = None if best is None else (0, best[1], best[2])
             if candidate is None and gap and self.request is None:
                 # Changesets wait for a predecessor the broker lost, and no peer's
                 # announcement shows it yet: ask a node that must have it, the origin
@@ -345,31 +392,20 @@ class AntiEntropy:
         """A catch-up batch was applied (apply worker thread): acknowledge it to its
         answerer, which sends more only then."""
         self._stats.catchup_changesets_received += applied
-        answerer, batch = headers.get(wire.CLIENTID), headers.get(wire.BATCH, "")
-        if answerer and batch.isdigit() and answerer != self._branch_id:
-            ack = {
-                "type": wire.ACK,
-                "branch": self._branch_id,
-                "request_id": headers.get(wire.REQUEST_ID, ""),
-                "batch": int(batch),
-            }
-            self._send(
-                wire.node_queue(self._channel, answerer),
-                wire.encode(sign(ack, self._key)),
-                {wire.CLIENTID: self._branch_id, wire.TYPE: wire.ACK},
-            )
+        request_id, batch = headers.get(wire.REQUEST_ID), headers.get(wire.BATCH, "")
         with self._lock:
             req = self.request
-            # Batches of an earlier request to the same peer count as progress too: an
-            # answer still streaming is what the new request would bring again.
-            if req is None or (
-                headers.get(wire.REQUEST_ID) != req.request_id
-                and headers.get(wire.CLIENTID) != req.peer
-            ):
+            # Only batches of this node's own current request count, and only those
+            # that brought verified changesets: headers are not signed, and anyone can
+            # send an empty "answer" in any peer's name.
+            if req is None or request_id != req.request_id:
                 return
-            req.received += applied
-            req.last_progress = time.monotonic()
-            if headers.get(wire.LAST) == "true" and headers.get(wire.REQUEST_ID) == req.request_id:
+            peer = req.peer
+            if applied:
+                req.received += applied
+                req.last_progress = time.monotonic()
+            last = headers.get(wire.LAST) == "true"
+            if last:
                 took = time.monotonic() - req.started
                 log.info(
                     "catch-up from %s done: %d changesets in %.1f s", req.peer, req.received, took
@@ -377,9 +413,24 @@ class AntiEntropy:
                 self.request = None
                 answered = self.peers.get(req.peer)
                 if answered is not None:
-                    answered.timeouts = 0
-                for peer in self.peers.values():
-                    peer.behind_since = None
+                    # An answer that brought nothing counts as unanswered: a peer that
+                    # announces what it does not give is not asked first again.
+                    answered.timeouts = 0 if req.received else answered.timeouts + 1
+                    answered.answered += 1 if req.received else 0
+                for known in self.peers.values():
+                    known.behind_since = None
+        if batch.isascii() and batch.isdigit() and len(batch) <= 9 and not last:
+            ack = {
+                "type": wire.ACK,
+                "branch": self._branch_id,
+                "request_id": request_id,
+                "batch": int(batch),
+            }
+            self._send(
+                wire.node_queue(self._channel, peer),
+                wire.encode(sign(ack, self._key)),
+                {wire.CLIENTID: self._branch_id, wire.TYPE: wire.ACK},
+            )
 
     # -- answering -----------------------------------------------------------------
 

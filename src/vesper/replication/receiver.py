@@ -136,7 +136,7 @@ class ApplyWorker:
             anti_entropy = self._anti_entropy[channel]
             try:
                 if kind in (wire.ANNOUNCE, wire.REQUEST, wire.ACK):
-                    body = wire.decode_object(delivery.body)
+                    body = wire.decode_control(kind, delivery.body)
                     problem = self._verifier.control(body)
                     if problem is not None:
                         self._reject(delivery, *problem)
@@ -171,7 +171,12 @@ class ApplyWorker:
                 # behind a hub get them as well.
                 self._relay_applied(result.applied + result.adopted, changesets, sources)
         for anti_entropy, headers, n in catchups:
-            anti_entropy.on_catchup(headers, n)
+            try:
+                anti_entropy.on_catchup(headers, n)
+            except Exception:
+                log.exception(
+                    "catch-up bookkeeping failed for a batch from %s", headers.get(wire.CLIENTID)
+                )
         # Kept before acknowledging: a refused message is acknowledged only once its
         # quarantine entry is durable.
         rejected, self._rejected = self._rejected, []

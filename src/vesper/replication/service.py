@@ -26,7 +26,7 @@ from vesper.replication.brokers import BrokerProfile
 from vesper.replication.catchup import AntiEntropy
 from vesper.replication.link import StompLink
 from vesper.replication.quarantine import Quarantine
-from vesper.replication.receiver import ApplyWorker
+from vesper.replication.receiver import ApplyWorker, LogLimit
 from vesper.replication.sender import OutboxSender
 from vesper.replication.stats import Stats
 from vesper.replication.transport import Delivery, Link, LinkFactory
@@ -45,6 +45,12 @@ SETTLE_S = 0.5
 hello before it takes local writes (they answer at once; this covers a busy machine)."""
 MAX_CLAIMS = 20
 """Other keys claiming this node's branch kept for the status (the newest)."""
+QUIET_S = 1.0
+"""With no peer's announcement at all, how long a starting node waits before it takes
+writes (it may be alone on the channel)."""
+CLIENT_ID_LIVE_S = 15.0
+"""A broker refusing this node's client-id this long means another live process holds it
+(after a kill -9 the broker frees it within a few heart-beats)."""
 START_CHECK_S = 10.0
 """How long ``wait_started`` waits for a broker before the node takes writes anyway."""
 
@@ -114,6 +120,13 @@ class ReplicationService:
         if config.key is None:
             raise ValueError("replication needs the node's key (ReplicationConfig.key)")
         self.key = config.key
+        listed = (config.trusted_keys or {}).get(config.branch_id)
+        if listed and self.key.public not in listed:
+            raise ConfigError(
+                f"replication_trusted_keys lists {', '.join(listed)} for this node's branch "
+                f"{config.branch_id!r}, not this node's key {self.key.public}: another node "
+                "has this branch id, or this is not this node's key file"
+            )
         self.keyring = Keyring(store.db, config.branch_id, self.key.public, config.trusted_keys)
         self.keyring.on_own_branch_claimed = self._own_branch_claimed
         self.fatal: str | None = None
@@ -121,7 +134,9 @@ class ReplicationService:
         self.claims: dict[str, str] = {}
         """Other keys seen signing for this node's branch id -> when (ISO time)."""
         self._connected_at: float | None = None
+        self._client_id_taken_since: float | None = None
         self._started = threading.Event()
+        self._log_limit = LogLimit()
         # Catch-up runs on every channel: a hub answers the nodes of each of them.
         self.anti_entropy = {
             channel: AntiEntropy(
@@ -186,11 +201,21 @@ class ReplicationService:
         self.store.refuse_writes(starting)
         try:
             while not self._stop.is_set():
+                taken = self._client_id_taken_since
+                if taken is not None and time.monotonic() - taken >= CLIENT_ID_LIVE_S:
+                    # A killed process's connection is released within a few heart-beats;
+                    # one held this long belongs to a live process with this branch id.
+                    self.fatal = (
+                        f"branch_id {self.config.branch_id!r} is in use: the broker has "
+                        f"refused this node's client-id for {CLIENT_ID_LIVE_S:.0f} s because "
+                        "another process is connected with it. Give this node a branch_id "
+                        "of its own, or stop the other process"
+                    )
                 if self.fatal is not None:
                     raise ConfigError(self.fatal)
                 if self._own_history_checked():
                     return
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline and taken is None:
                     log.warning(
                         "could not check this node's own history with its peers within "
                         "%.0f s (no broker or no answer); taking writes anyway",
@@ -205,8 +230,16 @@ class ReplicationService:
                 self._started.set()
 
     def _own_history_checked(self) -> bool:
+        """Connected, the peers' answers to the hello processed (or none came), and none
+        of them holds more of this node's branch than it has."""
         connected_at = self._connected_at
-        if connected_at is None or time.monotonic() - connected_at < SETTLE_S:
+        if connected_at is None:
+            return False
+        waited = time.monotonic() - connected_at
+        heard = any(ae.heard_since(connected_at) for ae in self.anti_entropy.values())
+        # Whatever was queued when it connected (a flood, say) is processed first, so
+        # the answers behind it are not missed.
+        if waited < SETTLE_S or self.worker.backlog or (not heard and waited < QUIET_S):
             return False
         own = self.store.own_head()[0]
         return all(ae.own_elsewhere <= own for ae in self.anti_entropy.values())
@@ -216,27 +249,34 @@ class ReplicationService:
         their word is authenticated, so local writes stop (they would never reach
         anyone). Under trust on first use any broker client can claim it, so it is
         reported in the status and the log, never obeyed."""
-        if self.keyring.trust_on_first_use or self.store.writes_refused is not None:
+        if self.keyring.trust_on_first_use:
             return
-        refusing = sorted({b for ae in self.anti_entropy.values() for b in ae.refused_by})
-        if refusing:
+        refusing = sorted({b for ae in self.anti_entropy.values() for b in ae.refusing()})
+        held = self.store.writes_refused
+        if refusing and held is None:
             self.store.refuse_writes(
                 f"peers {', '.join(refusing)} refuse this node's key for branch "
                 f"{self.config.branch_id}: another node runs with this branch id, or this "
                 "node lost its key. Give it a new branch_id, or its old key back"
             )
+        elif not refusing and held is not None and held.startswith("peers "):
+            log.info("no peer refuses this node's key any more: taking writes again")
+            self.store.refuse_writes(None)
 
     def _refused_by_peer(self, peer: str) -> None:
-        if not self._started.is_set() and self.store.own_head()[0] == 0:
-            self.fatal = (
-                f"peer {peer} refuses this node's key {self.key.public} for branch_id "
-                f"{self.config.branch_id!r}: the branch id is taken by another node. Give "
-                "this node a branch_id of its own (or, if it is that node, its key file)"
+        if self._log_limit.allow("refused"):
+            log.error(
+                "peer %s refuses this node's key %s for branch %s: its branch id is taken "
+                "by another node, this node lost its key, or the peer does not list it in "
+                "replication_trusted_keys (docs/security.md)",
+                peer,
+                self.key.public,
+                self.config.branch_id,
             )
 
     def _own_branch_claimed(self, key: str) -> None:
         """Something validly signed claims this node's branch under another key."""
-        if key not in self.claims:
+        if key not in self.claims and self._log_limit.allow("claim"):
             log.error(
                 "a message signed by %s claims this node's branch %s (this node's key is "
                 "%s): another node runs with this branch id, or an impostor; not obeyed",
@@ -247,14 +287,6 @@ class ReplicationService:
         self.claims[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         while len(self.claims) > MAX_CLAIMS:
             del self.claims[next(iter(self.claims))]  # the oldest
-        if not self._started.is_set() and self.store.own_head()[0] == 0:
-            # A new node whose branch id is live under another key: refuse to start
-            # rather than write history that every peer will refuse.
-            self.fatal = (
-                f"branch_id {self.config.branch_id!r} is live on the channel under "
-                f"another key ({key}); this node's key is {self.key.public}. Give this "
-                "node a branch_id of its own (or, if it is that node, its key file)"
-            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -333,7 +365,10 @@ class ReplicationService:
         except Exception as exc:
             log.warning("cannot replicate through %s:%d: %s", host[0], host[1], exc)
             link.close()
+            if _client_id_taken(str(exc)) and self._client_id_taken_since is None:
+                self._client_id_taken_since = time.monotonic()
             return False
+        self._client_id_taken_since = None
         self.profile = profile
         self._link = link
         self._connected_at = time.monotonic()
@@ -451,3 +486,10 @@ class ReplicationService:
                 )
             )[:10]
         return detail
+
+
+def _client_id_taken(error: str) -> bool:
+    """The broker refused the CONNECT because another connection holds the client-id
+    (the embedded broker: "... is in use"; ActiveMQ: "... already connected")."""
+    lowered = error.lower()
+    return "client" in lowered and ("in use" in lowered or "already connected" in lowered)

@@ -15,6 +15,8 @@ Announcements, requests and acknowledgements are signed like changesets (``key``
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import orjson
@@ -60,4 +62,42 @@ def decode_object(body: bytes | str) -> dict[str, Any]:
     value = orjson.loads(body)
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
+    return value
+
+
+MAX_CONTROL_BYTES = 1024 * 1024
+"""Largest announcement, request or acknowledgement accepted."""
+REQUEST_MAX_AGE_MS = 10 * 60 * 1000
+"""A catch-up request older (or further ahead) than this by the receiver's clock is
+refused: a captured request must not be replayable later."""
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_token(value: object) -> bool:
+    """A request id or batch header: short and plain, safe to echo in headers."""
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+
+
+def decode_control(kind: str, body: bytes) -> dict[str, Any]:
+    """An announcement, request or acknowledgement, checked for shape: its ``type`` must
+    be the kind of the destination it arrived on (the type is signed, so a signed
+    message of one kind can never be replayed as another). Raises ValueError."""
+    if len(body) > MAX_CONTROL_BYTES:
+        raise ValueError(f"a {kind} message is limited to {MAX_CONTROL_BYTES} bytes")
+    value = decode_object(body)
+    if value.get("type") != kind:
+        raise ValueError(f"type {str(value.get('type'))[:40]!r} arrived where {kind!r} belongs")
+    if not isinstance(value.get("revision", ""), str) or not isinstance(
+        value.get("since", ""), str
+    ):
+        raise ValueError("revision and since must be strings")
+    if kind in (REQUEST, ACK) and not is_token(value.get("request_id")):
+        raise ValueError("request_id must be 1-64 of A-Za-z0-9_-")
+    if kind == ACK and (type(value.get("batch")) is not int or not 0 < value["batch"] < 10**9):
+        raise ValueError("batch must be a positive integer")
+    if kind == REQUEST:
+        sent = value.get("time_ms")
+        now = int(time.time() * 1000)
+        if type(sent) is not int or abs(now - sent) > REQUEST_MAX_AGE_MS:
+            raise ValueError("the request is stale (time_ms more than 10 minutes off)")
     return value

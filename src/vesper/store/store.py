@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from vesper.document.values import normalize_numbers
 from vesper.errors import (
     HistoryDisabled,
     InvalidChangeset,
@@ -253,7 +254,7 @@ class Store:
             raise WritesRefused(self.writes_refused)
         with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
             states = self._load_states(conn, {op.id for op in ops})
-            changes = fold(ops, states.get)
+            changes = [_normalized(c) for c in fold(ops, states.get)]
             counter = self._vv.get(self.branch_id, 0) + 1
             hlc = self._clock.tick()
             base = dict(self._vv)
@@ -737,6 +738,15 @@ class Store:
     @property
     def outbox_count(self) -> int:
         return self.db.read("SELECT count(*) FROM outbox")[0][0]
+
+
+def _normalized(change: dict[str, Any]) -> dict[str, Any]:
+    props = change.get("set")
+    if props:
+        fixed = normalize_numbers(props)
+        if fixed is not props:
+            return {**change, "set": fixed}
+    return change
 
 
 def open_store(
