@@ -237,7 +237,9 @@ def test_a_new_node_bootstraps_a_signed_history_relayed_by_a_peer(
     a.stop()
     c = node("C")  # A is gone: everything C gets of A comes from B, signed by A
     wait_for(lambda: c.store.count == 20, 20, "C bootstrapped from B")
-    assert all("sig" in cs for cs in c.store.changesets())
+    # Each stored signature was checked: the last of each chain run is kept signed,
+    # those it covers are kept without their own (unchecked) signature fields.
+    assert c.store.changeset("A.20")["key"] == a.key.public
     assert c.status()["quarantined"] == {}
 
 
@@ -491,3 +493,81 @@ def test_a_flood_of_forgeries_is_counted_in_full_but_logged_briefly(
     lines = [r for r in caplog.records if "rejected message" in r.getMessage()]
     assert len(lines) == 10
     assert len(b.service.worker.quarantine.entries(limit=100)) == 50
+
+
+# -- found by attacking the above ------------------------------------------------------
+
+
+def test_a_signed_announcement_replayed_as_a_request_is_refused(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a = node("A")
+    for i in range(50):
+        a.store.create({"id": f"d{i}"})
+    announcement = sign(
+        {"type": "announce", "branch": "X", "revision": "", "time_ms": now_ms()},
+        NodeKey.generate(),
+    )
+    broker.publish(wire.node_queue("c", "A"), {wire.CLIENTID: "X"}, orjson.dumps(announcement))
+    wait_for(lambda: quarantined(a, "malformed") == 1, 10, "the replay refused")
+    assert not [d for d, _, _ in broker.sent if d == wire.node_queue("c", "X")]
+
+
+def test_a_poisoned_batch_header_is_quarantined_without_wedging_the_worker(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a, b = node("A"), node("B")
+    headers = {wire.CLIENTID: "A", wire.TYPE: wire.CATCHUP, wire.BATCH: "\u00b2" * 3}
+    broker.publish(wire.node_queue("c", "B"), headers, b"[]")
+    a.store.create({"id": "after"})
+    wait_for(lambda: b.store.get("after"), 10, "replication goes on")
+
+
+def test_a_clock_at_the_top_of_the_range_cannot_stop_this_node_writing(
+    broker: MemoryBroker, node: Make
+) -> None:
+    from vesper.history.changeset import MAX_HLC
+
+    b = node("B")
+    c = node("C")
+    z = NodeKey.generate()
+    body = {
+        "v": 2, "id": "Z.1", "origin": "Z", "revision": "Z.1", "base_revision": "",
+        "prev": "", "hlc": MAX_HLC - 1, "time": "2026-01-01T00:00:00.000Z",
+        "changes": [{"id": "z", "op": "create", "exists": True, "set": {}}],
+    }  # fmt: skip
+    broker.publish(wire.topic("c"), *changeset_message(sign(body, z)))
+    wait_for(lambda: b.store.get("z"), 10, "Z.1 on B")
+    b.store.create({"id": "later"})
+    wait_for(lambda: c.store.get("later"), 10, "B's next write accepted by C")
+
+
+def test_ten_and_ten_point_zero_are_one_value_everywhere(broker: MemoryBroker, node: Make) -> None:
+    a, b = node("A"), node("B")
+    a.store.create({"id": "n", "x": 10.0, "deep": [{"y": 2.0**60}]})
+    assert a.store.get("n") == {"id": "n", "x": 10, "deep": [{"y": 2**60}]}
+    assert type(a.store.get("n")["x"]) is int  # type: ignore[index]
+    wait_for(lambda: b.store.get("n"), 10, "n on B")
+    # A relay that rewrites the number still yields the same content and hash.
+    swapped = {**b.store.changeset("A.1")}
+    swapped["changes"] = [{**swapped["changes"][0], "set": {"x": 10.0, "deep": [{"y": 2.0**60}]}}]
+    c = node("C")
+    broker.publish(wire.topic("c"), *changeset_message(swapped))
+    wait_for(lambda: c.store.get("n"), 10, "n on C")
+    assert c.store.get("n") == a.store.get("n") and c.store.digest() == a.store.digest()
+
+
+def test_junk_in_the_signature_of_a_covered_changeset_is_not_kept(
+    broker: MemoryBroker, node: Make
+) -> None:
+    a = node("A")
+    a.service.stop()
+    for i in range(2):
+        a.store.create({"id": f"d{i}"})
+    first, second = (sign(cs, a.key) for cs in a.store.changesets())
+    first = {**first, "sig": "A" * 86}  # junk, but A.2's signature covers A.1's content
+    c = node("C")
+    broker.publish(wire.topic("c"), *changeset_message(first, second))
+    wait_for(lambda: c.store.count == 2, 10, "both on C")
+    assert "sig" not in c.store.changeset("A.1")
+    assert c.store.changeset("A.2")["sig"] == second["sig"]

@@ -56,6 +56,9 @@ ANSWER_BATCH = 500
 ANSWER_BATCH_BYTES = 512 * 1024
 FIRST_BATCH_BYTES = 16 * 1024
 ANSWER_WINDOW = 2
+OPEN_CUT_FACTOR = 4
+"""A batch may grow to this many times its size to end on a signed changeset of each
+origin in it."""
 ACK_TIMEOUT_S = 10.0
 """An answer whose asker acknowledges nothing for this long is abandoned."""
 MAX_ANSWERS = 8
@@ -490,13 +493,20 @@ class AntiEntropy:
         try:
             batch: list[bytes] = []
             size = sent = 0
+            # Origins whose last changeset in the batch carries no signature: a receiver
+            # can verify it only through a later signed one of its origin, so the batch
+            # is not cut there (up to a bound).
+            open_origins: set[str] = set()
             for changeset in self._store.changesets(since=since):
                 if changeset["origin"] == self._branch_id and "sig" not in changeset:
                     # Our own, committed before replication ran or not yet confirmed
                     # by the broker: signed now (deterministic, as the sender signs).
                     changeset = sign(changeset, self._key)
                 encoded = orjson.dumps(changeset)
-                if batch and (len(batch) >= ANSWER_BATCH or size + len(encoded) > limit):
+                full = len(batch) >= ANSWER_BATCH or size + len(encoded) > limit
+                if full and open_origins and size + len(encoded) <= limit * OPEN_CUT_FACTOR:
+                    full = False
+                if batch and full:
                     if not send(batch, last=False):
                         log.warning(
                             "%s acknowledged nothing for %.0f s: its catch-up answer stops "
@@ -507,6 +517,11 @@ class AntiEntropy:
                         )
                         return
                     batch, size = [], 0
+                    open_origins.clear()
+                if "sig" in changeset:
+                    open_origins.discard(changeset["origin"])
+                else:
+                    open_origins.add(changeset["origin"])
                 batch.append(encoded)
                 size += len(encoded)
                 sent += 1

@@ -11,6 +11,7 @@ signature and stays verifiable alone when relayed or served in catch-up.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from vesper.history.changeset import Changeset
 from vesper.history.revision import is_valid_branch_id
 from vesper.trust.keyring import Keyring
 from vesper.trust.keys import parse_public_key, verify
-from vesper.trust.signing import signing_bytes
+from vesper.trust.signing import SIGNATURE_FIELDS, signing_bytes
 
 UNSIGNED = "unsigned"
 BAD_SIGNATURE = "bad_signature"
@@ -50,7 +51,7 @@ class Verifier:
         by_origin: dict[str, list[Changeset]] = {}
         for cs in given:
             by_origin.setdefault(cs.origin, []).append(cs)
-        good: set[int] = set()
+        good: dict[int, Changeset] = {}
         refused: list[Refusal] = []
         for group in by_origin.values():
             group.sort(key=lambda cs: cs.counter)
@@ -63,8 +64,14 @@ class Verifier:
                     runs.append([cs])
             for run in runs:
                 covered = self._cover(run, refused)
-                good.update(id(cs) for cs in run[:covered])
-        return [cs for cs in given if id(cs) in good], refused
+                # The covered ones' own signature fields were not checked: they are
+                # dropped rather than stored and served (a forger could have put junk
+                # there). Only the covering signature, which was checked, is kept.
+                if covered:
+                    for cs in run[: covered - 1]:
+                        good[id(cs)] = _unsigned(cs) if cs.signed else cs
+                    good[id(run[covered - 1])] = run[covered - 1]
+        return [good[id(cs)] for cs in given if id(cs) in good], refused
 
     def _cover(self, run: list[Changeset], refused: list[Refusal]) -> int:
         """How many of the run, from its start, a valid signature covers: the last
@@ -154,6 +161,11 @@ class Verifier:
         if not verify(public, sig, data):
             return BAD_SIGNATURE, f"the signature does not verify under {key}"
         return None
+
+
+def _unsigned(cs: Changeset) -> Changeset:
+    body = {k: v for k, v in cs.body.items() if k not in SIGNATURE_FIELDS}
+    return dataclasses.replace(cs, body=body)
 
 
 def _explain(reason: str) -> str:
