@@ -368,6 +368,7 @@ def test_a_forged_claim_of_a_running_nodes_branch_is_reported_never_obeyed(
     a = node("A")
     b = node("B")
     a.store.create({"id": "before"})
+    wait_for(lambda: b.store.get("before"), 10, "A's key pinned on B")
     claim = {"type": "announce", "branch": "A", "revision": "A.99", "time_ms": now_ms()}
     forged = sign(claim, NodeKey.generate())
     broker.publish(wire.sync_topic("c"), {wire.CLIENTID: "A"}, orjson.dumps(forged))

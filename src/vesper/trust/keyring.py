@@ -54,9 +54,10 @@ class Keyring:
     def trust_on_first_use(self) -> bool:
         return self._configured is None
 
-    def check(self, branch: str, key: str) -> str | None:
-        """None if ``key`` may sign for ``branch`` (pinning it on first use), else the
-        reason it may not. Call only once the signature verified under ``key``."""
+    def check(self, branch: str, key: str, pin: bool = True) -> str | None:
+        """None if ``key`` may sign for ``branch`` (pinning it on first use unless
+        ``pin`` is False), else the reason it may not. Call only once the signature
+        verified under ``key``."""
         if branch == self._own_branch:
             if key == self._own_key:
                 return None
@@ -74,6 +75,8 @@ class Keyring:
                     return None
                 self._note_refusal(branch, key)
                 return KEY_MISMATCH
+            if not pin:
+                return None
             if len(self._pins) >= MAX_PINS:
                 return TOO_MANY_BRANCHES
             with self._db.write() as conn:

@@ -28,8 +28,11 @@ UNSIGNED = "unsigned"
 BAD_SIGNATURE = "bad_signature"
 MAX_KEY_CACHE = 10_000
 MAX_FAILED_CHECKS = 3
-"""Signature checks that may fail in one run before the rest of it is refused unchecked:
-a forged message must not cost one verification (~100 us) per changeset it holds."""
+"""Signature checks that may fail in one message before the rest of it is refused
+unchecked: a forged message must not cost one verification (~100 us) per changeset."""
+MAX_CHECKS = 600
+"""Signature checks one message may cost at most (one per chain run: a catch-up batch
+holds at most 500 changesets); the rest of a message with more runs is refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,7 @@ class Verifier:
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
         self._keys: dict[str, Ed25519PublicKey] = {}
+        self._budget = [MAX_CHECKS, MAX_FAILED_CHECKS]
 
     def changesets(self, given: list[Changeset]) -> tuple[list[Changeset], list[Refusal]]:
         """Split one message's changesets into the authentic ones (in the given order)
@@ -53,6 +57,7 @@ class Verifier:
             by_origin.setdefault(cs.origin, []).append(cs)
         good: dict[int, Changeset] = {}
         refused: list[Refusal] = []
+        self._budget = [MAX_CHECKS, MAX_FAILED_CHECKS]
         for group in by_origin.values():
             group.sort(key=lambda cs: cs.counter)
             runs: list[list[Changeset]] = []
@@ -77,18 +82,20 @@ class Verifier:
         """How many of the run, from its start, a valid signature covers: the last
         signed changeset that verifies covers itself and all before it. Those after it
         are refused. Normally the run's last changeset is signed: one check."""
-        end, failed, last_reason = 0, 0, BAD_SIGNATURE
+        end, last_reason = 0, BAD_SIGNATURE
+        budget = self._budget
         tried: set[int] = set()
         for i in range(len(run) - 1, -1, -1):
             if not run[i].signed:
                 continue
-            if failed >= MAX_FAILED_CHECKS:
+            if budget[0] <= 0 or budget[1] <= 0:
                 break
+            budget[0] -= 1
             problem = self._check(run[i])
             if problem is None:
                 end = i + 1
                 break
-            failed += 1
+            budget[1] -= 1
             tried.add(i)
             last_reason = problem[0]
             refused.append(Refusal(run[i], *problem))
@@ -101,7 +108,8 @@ class Verifier:
                 if not cs.signed
                 else (
                     last_reason,
-                    f"changeset {cs.id}: not checked, later ones of its chain failed",
+                    f"changeset {cs.id}: not checked (later ones of its chain failed, or "
+                    "its message used up its signature checks)",
                 )
             )
             refused.append(Refusal(cs, *reason))
@@ -139,7 +147,9 @@ class Verifier:
         problem = self._signature(body, key, sig)
         if problem is not None:
             return problem[0], f"message from {branch}: {problem[1]}"
-        reason = self.keyring.check(branch, key)
+        # Control traffic pins nothing: only a branch that writes changesets gets a key
+        # pinned, so invented peers announcing themselves cost no row in the store.
+        reason = self.keyring.check(branch, key, pin=False)
         if reason is not None:
             return reason, f"message from {branch} is signed by {key}, {_explain(reason)}"
         return None
