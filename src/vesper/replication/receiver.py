@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -36,6 +37,12 @@ BATCH_BYTES = 4 * 1024 * 1024
 """A batch (one SQLite transaction) ends at this many messages or body bytes; catch-up
 messages carry up to 500 changesets each, so bytes bound its size too."""
 RETRY_S = 1.0
+ANNOUNCE_BACKLOG = 1_000
+"""Announcements waiting at most; past it the oldest are dropped (every peer announces
+again within seconds, and a flood of invented ones must not delay changesets)."""
+ANNOUNCE_PER_ROUND = 200
+"""Announcements handled between two batches of changesets and requests."""
+_WAKE = Delivery({}, b"", -1)
 
 
 class ApplyWorker:
@@ -65,6 +72,14 @@ class ApplyWorker:
         self._own_key = verifier.keyring.own_key
         self.quarantine = quarantine
         self._queue: queue.Queue[Delivery | None] = queue.Queue(QUEUE_MAX)
+        # Announcements wait apart and yield to everything else: they need no
+        # acknowledgement, so they may be handled out of order, or dropped.
+        self._announcements: deque[Delivery] = deque(maxlen=ANNOUNCE_BACKLOG)
+        self._announce_subscriptions = {
+            sub for sub, (kind, _) in routes.items() if kind == wire.ANNOUNCE
+        }
+        self._wake_pending = False
+        self.announcements_dropped = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._rejected: list[Rejected] = []
@@ -83,6 +98,14 @@ class ApplyWorker:
     def deliver(self, delivery: Delivery) -> None:
         """Receiver thread: hand over. Blocks only when the worker is far behind,
         which pushes back on the broker through TCP rather than growing memory."""
+        if delivery.headers.get("subscription") in self._announce_subscriptions:
+            if len(self._announcements) == ANNOUNCE_BACKLOG:
+                self.announcements_dropped += 1
+            self._announcements.append(delivery)
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._queue.put(_WAKE)
+            return
         self._queue.put(delivery)
 
     def _run(self) -> None:
@@ -90,7 +113,7 @@ class ApplyWorker:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            batch = [] if first is _WAKE else [first]
             size = len(first.body)
             while len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
                 try:
@@ -100,8 +123,18 @@ class ApplyWorker:
                 if item is None:
                     self._stopping = True
                     break
-                batch.append(item)
-                size += len(item.body)
+                if item is not _WAKE:
+                    batch.append(item)
+                    size += len(item.body)
+            if first is _WAKE or self._announcements:
+                self._wake_pending = False
+                for _ in range(min(ANNOUNCE_PER_ROUND, len(self._announcements))):
+                    batch.append(self._announcements.popleft())
+                if self._announcements and not self._wake_pending:
+                    self._wake_pending = True
+                    self._queue.put(_WAKE)
+            if not batch:
+                continue
             try:
                 self._process(batch)
             except Exception:
@@ -304,7 +337,7 @@ class ApplyWorker:
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._announcements)
 
 
 def _counter_above(changeset_id: object, counter: int) -> bool:
