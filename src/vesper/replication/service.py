@@ -208,19 +208,33 @@ class ReplicationService:
                     self.fatal = (
                         f"branch_id {self.config.branch_id!r} is in use: the broker has "
                         f"refused this node's client-id for {CLIENT_ID_LIVE_S:.0f} s because "
-                        "another process is connected with it. Give this node a branch_id "
-                        "of its own, or stop the other process"
+                        "another process is connected with it (this node's key is "
+                        f"{self.key.public}). Give this node a branch_id of its own, or stop "
+                        "the other process"
                     )
                 if self.fatal is not None:
                     raise ConfigError(self.fatal)
                 if self._own_history_checked():
                     return
                 if time.monotonic() > deadline and taken is None:
-                    log.warning(
-                        "could not check this node's own history with its peers within "
-                        "%.0f s (no broker or no answer); taking writes anyway",
-                        timeout,
-                    )
+                    refusing = {b for ae in self.anti_entropy.values() for b in ae.refusing()}
+                    if self.claims or refusing:
+                        log.error(
+                            "branch %s looks taken: %s. Taking writes anyway (any broker "
+                            "client could claim this); peers that know another key for it "
+                            "will refuse them. Give this node a branch_id of its own",
+                            self.config.branch_id,
+                            "; ".join(
+                                [f"another key signs for it: {k}" for k in self.claims]
+                                + [f"peer {b} refuses this node's key" for b in sorted(refusing)]
+                            ),
+                        )
+                    else:
+                        log.warning(
+                            "could not check this node's own history with its peers "
+                            "within %.0f s (no broker or no answer); taking writes anyway",
+                            timeout,
+                        )
                     return
                 self._stop.wait(0.02)
         finally:
@@ -450,6 +464,7 @@ class ReplicationService:
             "pending": self.store.pending_count,
             "last_message_received": s.last_message_received,
             "apply_backlog": self.worker.backlog,
+            "announcements_dropped": self.worker.announcements_dropped,
             "catchup_requests_sent": s.catchup_requests_sent,
             "catchup_requests_answered": s.catchup_requests_answered,
             "catchup_changesets_received": s.catchup_changesets_received,
