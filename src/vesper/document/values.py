@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from vesper.errors import InvalidDocument
@@ -60,37 +61,37 @@ def normalize_numbers(value: Any) -> Any:
     JSON has one number type and its canonical form (RFC 8785) writes ``10.0`` as
     ``10``: without this, two copies of a changeset that differ only there would hash
     and verify the same yet store different values. After it, the canonical bytes of a
-    value read back as exactly that value. Returns ``value`` itself when nothing
-    changes (the common case costs one pass and no copy).
+    value read back as exactly that value.
     """
+    return map_floats(value, _integral_as_int)
+
+
+def _integral_as_int(x: float) -> float | int:
+    return int(x) if x.is_integer() and _INT_MIN <= x < 2.0**64 else x
+
+
+def map_floats(value: Any, fn: Callable[[float], Any]) -> Any:
+    """``value`` with ``fn`` applied to every float in it. Containers are copied only
+    where something changed, so the common case (no float) costs one pass, no copy."""
     kind = type(value)
     if kind is float:
-        if value.is_integer() and _INT_MIN <= value < 2.0**64:
-            return int(value)
-        return value
+        return fn(value)
     if kind is dict:
-        out = None
-        for key, item in value.items():
-            if type(item) in _SCALARS:
-                continue
-            fixed = normalize_numbers(item)
-            if fixed is not item:
-                if out is None:
-                    out = dict(value)
-                out[key] = fixed
-        return value if out is None else out
-    if kind is list:
-        out_list = None
-        for i, item in enumerate(value):
-            if type(item) in _SCALARS:
-                continue
-            fixed = normalize_numbers(item)
-            if fixed is not item:
-                if out_list is None:
-                    out_list = list(value)
-                out_list[i] = fixed
-        return value if out_list is None else out_list
-    return value
+        items = value.items()
+    elif kind is list:
+        items = enumerate(value)
+    else:
+        return value
+    out = None
+    for key, item in items:
+        if type(item) in _SCALARS:
+            continue
+        fixed = map_floats(item, fn)
+        if fixed is not item:
+            if out is None:
+                out = dict(value) if kind is dict else list(value)
+            out[key] = fixed
+    return value if out is None else out
 
 
 _SCALARS = frozenset({str, int, bool, type(None)})

@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from vesper.document.values import map_floats
+
 _HIGH_BMP = "\ue000"
 
 
@@ -61,33 +63,25 @@ def _plain(value: Any) -> bool:
 
 
 def _prepare(value: Any) -> Any:
-    """``value`` itself where orjson's sorted output is already canonical, else a copy
-    with floats as fragments and, where needed, keys in UTF-16 order."""
+    """A copy of ``value`` that orjson's sorted output writes canonically: floats as
+    fragments of their JCS text and, where a key needs it, objects in UTF-16 order."""
+    return _utf16_keys(map_floats(value, _float_fragment))
+
+
+def _float_fragment(x: float) -> orjson.Fragment:
+    return orjson.Fragment(es_number(x))
+
+
+def _utf16_keys(value: Any) -> Any:
     kind = type(value)
-    if kind is dict:
-        out = None
-        for key, item in value.items():
-            prepared = _prepare(item)
-            if prepared is not item:
-                if out is None:
-                    out = dict(value)
-                out[key] = prepared
-        result = value if out is None else out
-        if any(not k.isascii() and max(k) >= _HIGH_BMP for k in value):
-            return _utf16_ordered(result)
-        return result
     if kind is list:
-        out_list = None
-        for i, item in enumerate(value):
-            prepared = _prepare(item)
-            if prepared is not item:
-                if out_list is None:
-                    out_list = list(value)
-                out_list[i] = prepared
-        return value if out_list is None else out_list
-    if kind is float:
-        return orjson.Fragment(es_number(value))
-    return value
+        return [_utf16_keys(item) for item in value]
+    if kind is not dict:
+        return value
+    ordered = {key: _utf16_keys(item) for key, item in value.items()}
+    if any(not k.isascii() and max(k) >= _HIGH_BMP for k in value):
+        return _utf16_ordered(ordered)
+    return ordered
 
 
 def _utf16_ordered(obj: dict[str, Any]) -> orjson.Fragment:
