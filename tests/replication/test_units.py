@@ -31,7 +31,9 @@ def now_ms() -> int:
 
 
 @pytest.fixture
-def broker() -> MemoryBroker:
+def broker(request: pytest.FixtureRequest) -> MemoryBroker:
+    if request.config.getoption("--mq"):
+        pytest.skip("runs on the in-memory transport, never on a broker: the default run")
     return MemoryBroker()
 
 

@@ -477,8 +477,17 @@ class AntiEntropy:
         numbered = 0
         limit = FIRST_BATCH_BYTES
 
+        # This node's own changesets are mostly stored unsigned (the sender signs the
+        # last of each message it publishes); the last of ours in each batch is signed
+        # when the batch goes out, which covers the others.
+        own_last: list[Any] = []
+
         def send(batch: list[bytes], last: bool) -> bool:
             nonlocal numbered, limit
+            if own_last:
+                index, body = own_last
+                batch[index] = orjson.dumps(sign(body, self._key))
+                own_last.clear()
             with answer.wake:
                 if not answer.wake.wait_for(
                     lambda: numbered - answer.acked < ANSWER_WINDOW, ACK_TIMEOUT_S
@@ -498,10 +507,6 @@ class AntiEntropy:
             # is not cut there (up to a bound).
             open_origins: set[str] = set()
             for changeset in self._store.changesets(since=since):
-                if changeset["origin"] == self._branch_id and "sig" not in changeset:
-                    # Our own, committed before replication ran or not yet confirmed
-                    # by the broker: signed now (deterministic, as the sender signs).
-                    changeset = sign(changeset, self._key)
                 encoded = orjson.dumps(changeset)
                 full = len(batch) >= ANSWER_BATCH or size + len(encoded) > limit
                 if full and open_origins and size + len(encoded) <= limit * OPEN_CUT_FACTOR:
@@ -518,7 +523,9 @@ class AntiEntropy:
                         return
                     batch, size = [], 0
                     open_origins.clear()
-                if "sig" in changeset:
+                if changeset["origin"] == self._branch_id:
+                    own_last[:] = [] if "sig" in changeset else [len(batch), changeset]
+                elif "sig" in changeset:
                     open_origins.discard(changeset["origin"])
                 else:
                     open_origins.add(changeset["origin"])

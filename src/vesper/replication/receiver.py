@@ -278,7 +278,8 @@ class ApplyWorker:
         for raw in wire.decode_changesets(delivery.body):
             origin = raw.get("origin") if isinstance(raw, dict) else None
             if origin == self._branch_id:
-                if raw.get("key") == self._own_key and (
+                # Unsigned ones come back too: a message's signature is on its last.
+                if raw.get("key") in (None, self._own_key) and (
                     check_origin or not _counter_above(raw.get("id"), own_counter)
                 ):
                     continue
