@@ -959,6 +959,7 @@ def test_a_memory_node_restarted_reimports_its_history_and_continues_its_counter
     cluster.start("A", extra=memory)  # the key file is kept, the store is not
     status = cluster.status("A")
     assert status["public_key"] == key
+    assert f"node A public key {key} (read from" in cluster.nodes["A"].log()
     assert parse_revision(status["revision"]).get("A") == 5, "re-imported before serving"
     assert parse_revision(cluster.write("A", {"id": "after"}))["A"] == 6
     cluster.check_honest("A", "B")
