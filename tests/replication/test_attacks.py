@@ -63,7 +63,8 @@ class Attacker(stomp.ConnectionListener):
         self.errors: list[str] = []
         self.messages: dict[str, list[tuple[dict[str, str], bytes]]] = {}
         """Subscription id -> (headers, body) of each MESSAGE, in arrival order."""
-        self.conn = stomp.Connection12([broker], heartbeats=(0, 0), auto_decode=False)
+        # RabbitMQ wants the vhost in CONNECT's host header, as the nodes send it.
+        self.conn = stomp.Connection12([broker], heartbeats=(0, 0), auto_decode=False, vhost="/")
         self.conn.set_listener("attacker", self)
         self.conn.connect(wait=True)
 
@@ -645,9 +646,10 @@ def check_peers_bounded(cluster: Net, name: str) -> None:
     assert size < 256 * 1024, f"{name}'s status is {size} bytes"
     metrics = httpx.get(f"{cluster.nodes[name].url}/metrics", timeout=30).text
     assert len(metrics) < 512 * 1024, len(metrics)
-    # The flood shows: fake peers in the status and the metrics.
-    fake = next(p for p in peers if p.startswith("F"))
-    assert f'vesper_replication_peer_lag_changesets{{peer="{fake}"}} 1.0' in metrics
+    # The flood shows: fake peers in the status and the metrics (not necessarily the
+    # same ones: while the flood arrives, newer fakes push older ones out).
+    assert any(p.startswith("F") for p in peers)
+    assert re.search(r'vesper_replication_peer_lag_changesets\{peer="F\d+"\} 1\.0', metrics)
 
 
 def test_ten_thousand_fake_peers_keep_the_status_small_and_writes_flowing(
