@@ -456,7 +456,7 @@ def serve_unsigned(config: str) -> int:
 
     if not hasattr(sender.OutboxSender, "_sign"):
         raise SystemExit("OutboxSender._sign is gone: update bench/trust_bench.py")
-    sender.OutboxSender._sign = lambda self, seq, text: text  # type: ignore[method-assign]
+    sender.OutboxSender._sign = lambda self, text: text  # type: ignore[method-assign]
     store_module.content_hash = lambda body: NO_HASH
     settings = load_settings(config, ["--port=0"])
     configure_logging(settings.log_level)

@@ -11,8 +11,8 @@ The sender signs the last changeset of each message as it first sends it (Ed2551
 about 40 us): on this thread rather than in the commit, so a commit pays only for its
 chain hash. The changesets of a message are consecutive, so that one signature covers
 the others through their hash chain (receivers check one signature per message). The
-signed body replaces the stored one when the broker confirms it; catch-up answers sign
-the last of this node's own changesets in each batch the same way.
+signature is not written back to the store: catch-up answers sign the last of this
+node's own changesets in each batch the same way, so a confirmation costs one delete.
 """
 
 from __future__ import annotations
@@ -59,8 +59,6 @@ class OutboxSender:
     ) -> None:
         self._store = store
         self._key = key
-        self._signed: dict[int, str] = {}
-        """Bodies signed here and not yet stored: seq -> signed JSON text."""
         self._channels = channels
         self._branch_id = branch_id
         self._stats = stats
@@ -135,8 +133,7 @@ class OutboxSender:
             or len(self._unflushed) >= CONFIRM_BATCH
             or time.monotonic() - self._unflushed_since >= CONFIRM_DELAY_S
         ):
-            signed = {s: self._signed.pop(s) for s in self._unflushed if s in self._signed}
-            self._store.outbox_confirm(self._unflushed, signed)
+            self._store.outbox_confirm(self._unflushed)
             self._unflushed = []
 
     def _send_some(self) -> None:
@@ -149,7 +146,6 @@ class OutboxSender:
             self._confirm(force=True)
             with self._lock:
                 self._in_flight.clear()
-            self._signed.clear()
             self._sent_upto = 0
             self._generation = link.generation
         while not self._stop.is_set():
@@ -164,13 +160,11 @@ class OutboxSender:
                 self._send_batch(link, batch)
                 self._sent_upto = batch[-1][0]
 
-    def _sign(self, seq: int, text: str) -> str:
+    def _sign(self, text: str) -> str:
         body = orjson.loads(text)
         if "sig" in body:
-            return text  # signed when first sent, before a restart
-        signed = orjson.dumps(sign(body, self._key)).decode()
-        self._signed[seq] = signed
-        return signed
+            return text  # re-imported from a peer, signed already
+        return orjson.dumps(sign(body, self._key)).decode()
 
     def _send_batch(self, link: Link, batch: list[tuple[int, str]]) -> None:
         # Sign where a chain run ends: the last row, and any row whose successor in the
@@ -180,8 +174,8 @@ class OutboxSender:
         texts = [
             text
             if i + 1 < len(batch) and links[i + 1][1] and links[i + 1][0] == links[i][0] + 1
-            else self._sign(seq, text)
-            for i, (seq, text) in enumerate(batch)
+            else self._sign(text)
+            for i, (_, text) in enumerate(batch)
         ]
         if len(texts) == 1:
             body = texts[0].encode()

@@ -702,16 +702,10 @@ class Store:
             (after_seq, limit),
         )
 
-    def outbox_confirm(self, seqs: Iterable[int], signed: Mapping[int, str] | None = None) -> None:
-        """The broker confirmed these: they leave the outbox. ``signed`` holds the
-        bodies as sent, with the signature the sender added, to keep in the history."""
+    def outbox_confirm(self, seqs: Iterable[int]) -> None:
+        """The broker confirmed these: they leave the outbox."""
         with self.db.write() as conn:
             conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-            if signed:
-                conn.executemany(
-                    "UPDATE changesets SET body = ? WHERE seq = ?",
-                    [(body, seq) for seq, body in signed.items()],
-                )
 
     def queue_unsigned_own(self) -> int:
         """Once per store: put this store's own changesets that carry no signature
