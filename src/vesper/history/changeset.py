@@ -30,7 +30,7 @@ import orjson
 from vesper.document.values import check_id, check_value, normalize_numbers
 from vesper.errors import InvalidChangeset, InvalidDocument, InvalidRevision
 from vesper.history.revision import parse_changeset_id, parse_revision
-from vesper.trust.signing import content_hash
+from vesper.trust.signing import SIGNATURE_FIELDS, content_hash
 
 OPS = frozenset({"create", "replace", "update", "delete"})
 MAX_CHANGESET_BYTES = 64 * 1024 * 1024
@@ -172,7 +172,7 @@ def _check_chain_fields(body: dict[str, Any], counter: int) -> None:
             raise InvalidChangeset(f"{where}: the first changeset of an origin has prev ''")
         if counter > 1 and (len(prev) != 64 or not _HEX.issuperset(prev)):
             raise InvalidChangeset(f"{where}: prev must be 64 lowercase hex digits")
-    for name in ("sig", "key"):
+    for name in SIGNATURE_FIELDS:
         if name in body and (type(body[name]) is not str or len(body[name]) > 100):
             raise InvalidChangeset(f"{where}: {name!r} must be a short string")
 

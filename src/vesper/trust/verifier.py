@@ -47,7 +47,6 @@ class Verifier:
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
         self._keys: dict[str, Ed25519PublicKey] = {}
-        self._budget = [MAX_CHECKS, MAX_FAILED_CHECKS]
 
     def changesets(self, given: list[Changeset]) -> tuple[list[Changeset], list[Refusal]]:
         """Split one message's changesets into the authentic ones (in the given order)
@@ -57,7 +56,7 @@ class Verifier:
             by_origin.setdefault(cs.origin, []).append(cs)
         good: dict[int, Changeset] = {}
         refused: list[Refusal] = []
-        self._budget = [MAX_CHECKS, MAX_FAILED_CHECKS]
+        budget = [MAX_CHECKS, MAX_FAILED_CHECKS]  # checks left, failures left
         for group in by_origin.values():
             group.sort(key=lambda cs: cs.counter)
             runs: list[list[Changeset]] = []
@@ -68,7 +67,7 @@ class Verifier:
                 else:
                     runs.append([cs])
             for run in runs:
-                covered = self._cover(run, refused)
+                covered = self._cover(run, refused, budget)
                 # The covered ones' own signature fields were not checked: they are
                 # dropped rather than stored and served (a forger could have put junk
                 # there). Only the covering signature, which was checked, is kept.
@@ -78,12 +77,11 @@ class Verifier:
                     good[id(run[covered - 1])] = run[covered - 1]
         return [good[id(cs)] for cs in given if id(cs) in good], refused
 
-    def _cover(self, run: list[Changeset], refused: list[Refusal]) -> int:
+    def _cover(self, run: list[Changeset], refused: list[Refusal], budget: list[int]) -> int:
         """How many of the run, from its start, a valid signature covers: the last
         signed changeset that verifies covers itself and all before it. Those after it
         are refused. Normally the run's last changeset is signed: one check."""
         end, last_reason = 0, BAD_SIGNATURE
-        budget = self._budget
         tried: set[int] = set()
         for i in range(len(run) - 1, -1, -1):
             if not run[i].signed:
