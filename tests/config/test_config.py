@@ -370,6 +370,20 @@ def test_unknown_name_in_overrides() -> None:
         ("port", "8000", "an integer from 0 to 65535"),
         ("api_max_body_bytes", 0, "an integer >= 1"),
         ("api_max_body_bytes", 1e6, "an integer >= 1"),
+        ("replication_hosts", "stomp+tcp://h:1", "'stomp+ssl://host:port'"),
+        ("replication_tls", "yes", "True or False"),
+        ("replication_tls_ca", 5, "a string or None"),
+        ("replication_tls_cert", 5, "a string or None"),
+        ("replication_tls_key", 5, "a string or None"),
+        ("replication_tls_verify", None, "True or False"),
+        ("api_metrics_public", 1, "True or False"),
+        ("api_allow_anonymous", "true", "True or False"),
+        ("api_tls_cert", 5, "a string or None"),
+        ("api_tls_key", 5, "a string or None"),
+        ("api_header_timeout", 0, "a number of seconds > 0"),
+        ("api_body_timeout", -1, "a number of seconds > 0"),
+        ("api_idle_timeout", True, "a number of seconds > 0"),
+        ("api_max_connections", 0, "an integer >= 1"),
         ("log_level", "trace", "one of 'debug', 'info', 'warning', 'error'"),
         ("log_level", None, "one of 'debug'"),
     ],
@@ -584,7 +598,11 @@ def test_bad_override_syntax(arg: str, pattern: str) -> None:
 
 
 def test_overrides_win_over_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "node.conf", "port = 1\nhost = 'h'\n" + _replicating_lines())
+    path = write(
+        tmp_path,
+        "node.conf",
+        "port = 1\nhost = 'h'\napi_allow_anonymous = True\n" + _replicating_lines(),
+    )
     settings = load_settings(path, ["--port=2", "--replication_hosts=b1:1,b2:2"])
     assert (settings.port, settings.host) == (2, "h")
     assert settings.replication_hosts == (("b1", 1), ("b2", 2))
@@ -625,3 +643,70 @@ def test_trusted_keys_must_be_public_keys_as_keygen_prints_them() -> None:
     assert message.startswith("replication_trusted_keys: '0A' has 'ed25519:AAAA'"), message
     settings = Settings(replication_trusted_keys={"0A": good, "0B": [good]})
     assert settings.replication_trusted_keys == {"0A": (good,), "0B": (good,)}
+
+
+# Access: TLS hosts and API tokens
+
+
+def test_stomp_ssl_entries_use_tls_and_plain_ones_do_not() -> None:
+    settings = Settings(
+        save_history=True,
+        replication_hosts="stomp+ssl://b1:61614,stomp://b2:61613,b3:61613",
+        replication_channel="c",
+    )
+    assert settings.replication_hosts == (("b1", 61614), ("b2", 61613), ("b3", 61613))
+    assert [settings.broker_tls(h) for h in settings.replication_hosts] == [True, False, False]
+    every = Settings(
+        save_history=True, replication_hosts="b1:1", replication_channel="c", replication_tls=True
+    )
+    assert every.broker_tls(("b1", 1))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.4", "example.com", "::"])
+def test_a_host_other_than_loopback_needs_a_token(host: str) -> None:
+    message = error_of(host=host)
+    assert "api_token is not set" in message and "api_allow_anonymous" in message
+    assert Settings(host=host, api_token="t" * 16).api_token == ("t" * 16,)
+    assert Settings(host=host, api_allow_anonymous=True).api_token is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_serves_without_a_token(host: str) -> None:
+    assert Settings(host=host).api_token is None
+
+
+def test_token_rules_across_variables() -> None:
+    assert "api_read_token is set without api_token" in error_of(api_read_token="r" * 16)
+    shared = error_of(api_token=["a" * 16, "b" * 16], api_read_token="b" * 16)
+    assert "share a token" in shared and "b" * 16 not in shared
+    assert "api_tls_cert is set without api_tls_key" in error_of(api_tls_cert="c.pem")
+    assert "replication_tls_key is set without replication_tls_cert" in error_of(
+        replication_tls_key="k.pem"
+    )
+
+
+def test_tokens_are_never_shown() -> None:
+    secret = "s3cret-token-0123456789"
+    settings = Settings(api_token=[secret], api_read_token="r" * 20)
+    assert secret not in repr(settings) and "r" * 20 not in repr(settings)
+    message = error_of(api_token=[secret, "short"])
+    assert secret not in message and "short" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("api_token", "short"),
+        ("api_token", "x" * 15 + " "),
+        ("api_token", "with space inside it"),
+        ("api_token", 12345678901234567),
+        ("api_token", {"a": "b" * 16}),
+        ("api_read_token", ["é" * 20]),
+    ],
+)
+def test_bad_tokens_are_refused_without_showing_them(name: str, value: object) -> None:
+    # A valid api_token beside a bad api_read_token, so the rule across the two stays quiet.
+    others = {"api_token": "t" * 16} if name != "api_token" else {}
+    message = error_of(**{name: value}, **others)
+    assert message.startswith(f"{name}: expected a token of at least 16 printable ASCII")
+    assert "got a value of type" in message and str(value) not in message

@@ -7,6 +7,7 @@ handling, the override parser and docs/configuration.md are all derived from it.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import posixpath
 import re
 from collections.abc import Callable, Mapping
@@ -27,6 +28,13 @@ DEFAULT_API_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_REPLICATION_PEER_EXPIRY_S: Final = 7 * 24 * 3600
 DEFAULT_REPLICATION_MAX_PENDING: Final = 100_000
+DEFAULT_REPLICATION_TLS_VERIFY: Final = True
+DEFAULT_API_HEADER_TIMEOUT_S: Final = 10.0
+DEFAULT_API_BODY_TIMEOUT_S: Final = 60.0
+DEFAULT_API_IDLE_TIMEOUT_S: Final = 5.0
+DEFAULT_API_MAX_CONNECTIONS: Final = 1000
+#: A bearer token shorter than this is refused: it could be guessed.
+MIN_API_TOKEN_CHARS: Final = 16
 
 BROKERS = ("activemq", "rabbitmq", "vesper")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -34,7 +42,8 @@ MAX_PORT = 65535
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_SECRETS = frozenset({"replication_passcode"})
+_SECRETS = frozenset({"replication_passcode", "api_token", "api_read_token"})
+_TLS_SCHEME, _PLAIN_SCHEME = "stomp+ssl://", "stomp://"
 
 Check = Callable[[str, object], object]
 
@@ -95,6 +104,30 @@ def _check_optional_str(name: str, value: object) -> str | None:
     return value
 
 
+def _check_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise _fail(name, "a number of seconds > 0", value)
+    return float(value)
+
+
+def _check_tokens(name: str, value: object) -> tuple[str, ...] | None:
+    expected = (
+        f"a token of at least {MIN_API_TOKEN_CHARS} printable ASCII characters without "
+        "spaces, a list of them (to rotate), or None"
+    )
+    if value is None:
+        return None
+    listed = [value] if isinstance(value, str) else value
+    if not isinstance(listed, list | tuple):
+        raise _fail(name, expected, value)
+    for token in listed:
+        # Printable ASCII only: the token travels in an HTTP header.
+        ok = isinstance(token, str) and len(token) >= MIN_API_TOKEN_CHARS
+        if not ok or not all("!" <= c <= "~" for c in token):
+            raise _fail(name, expected, token)
+    return tuple(listed) or None
+
+
 def _choice(options: tuple[str, ...], optional: bool = False) -> Check:
     expected = "one of " + ", ".join(repr(o) for o in options) + (" or None" if optional else "")
 
@@ -132,9 +165,14 @@ def _check_channels(name: str, value: object) -> tuple[str, ...] | None:
 
 
 def _parse_host_port(name: str, item: object) -> tuple[str, int]:
-    expected = "'host:port' or a (host, port) pair with a port from 1 to 65535"
+    expected = (
+        "'host:port', 'stomp+ssl://host:port' or a (host, port) pair with a port from 1 to 65535"
+    )
     if isinstance(item, str):
-        host, sep, port_text = item.strip().rpartition(":")
+        text = item.strip()
+        for scheme in (_TLS_SCHEME, _PLAIN_SCHEME):
+            text = text.removeprefix(scheme)
+        host, sep, port_text = text.rpartition(":")
         if not sep or not port_text.isdigit():
             raise _fail(name, expected, item)
         host, port = host.removeprefix("[").removesuffix("]"), int(port_text)
@@ -142,11 +180,32 @@ def _parse_host_port(name: str, item: object) -> tuple[str, int]:
         host, port = item
     else:
         raise _fail(name, expected, item)
-    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+    if not isinstance(host, str) or not host or any(c.isspace() or c == "/" for c in host):
         raise _fail(name, expected, item)
     if not _is_int(port) or not 1 <= port <= MAX_PORT:
         raise _fail(name, expected, item)
     return host, port
+
+
+def _tls_hosts(value: object) -> frozenset[tuple[str, int]]:
+    """The entries of ``replication_hosts`` written as ``stomp+ssl://host:port``."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return frozenset()
+    return frozenset(
+        _parse_host_port("replication_hosts", item)
+        for item in items
+        if isinstance(item, str) and item.strip().startswith(_TLS_SCHEME)
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_hosts(name: str, value: object) -> tuple[tuple[str, int], ...] | None:
@@ -185,6 +244,12 @@ def _check_trusted_keys(name: str, value: object) -> dict[str, tuple[str, ...]] 
                 )
         out[branch] = tuple(listed)
     return out or None
+
+
+def _check_pair(settings: object, first: str, second: str) -> None:
+    if (getattr(settings, first) is None) != (getattr(settings, second) is None):
+        given, missing = (first, second) if getattr(settings, first) else (second, first)
+        raise ConfigError(f"{given} is set without {missing}: set both or neither")
 
 
 def _check_storage_url(name: str, value: object) -> str | None:
@@ -247,6 +312,25 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("replication_passcode", "str | None", None,
              "broker passcode; never shown in error messages or repr",
              "'secret'", _check_optional_str),
+    Variable("replication_tls", "bool", False,
+             "connect to every broker over TLS (stomp+ssl); False uses TLS only for "
+             "replication_hosts entries written 'stomp+ssl://host:port'",
+             "True", _check_bool),
+    Variable("replication_tls_ca", "str | None", None,
+             "PEM file of the certificate authorities that sign the brokers' certificates; "
+             "None means the system's trusted authorities",
+             "'/etc/vesper/broker-ca.pem'", _check_optional_str),
+    Variable("replication_tls_cert", "str | None", None,
+             "PEM client certificate presented to brokers that require one (with "
+             "replication_tls_key); None presents none",
+             "'/etc/vesper/node.crt'", _check_optional_str),
+    Variable("replication_tls_key", "str | None", None,
+             "PEM private key of replication_tls_cert",
+             "'/etc/vesper/node-tls.key'", _check_optional_str),
+    Variable("replication_tls_verify", "bool", DEFAULT_REPLICATION_TLS_VERIFY,
+             "check the broker's certificate and host name; False accepts any "
+             "certificate (encryption without authentication: tests only)",
+             "False", _check_bool),
     Variable("replication_heartbeat_ms", "int", DEFAULT_REPLICATION_HEARTBEAT_MS,
              "STOMP heart-beat interval in milliseconds; 0 disables heart-beats",
              "10000", _int_range(0)),
@@ -285,6 +369,44 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("api_max_body_bytes", "int", DEFAULT_API_MAX_BODY_BYTES,
              "largest HTTP request body accepted, in bytes; must be > 0",
              "1048576", _int_range(1)),
+    Variable("api_token", "str | list of str | None", None,
+             f"bearer token(s) for reading and writing (several while rotating; each at "
+             f"least {MIN_API_TOKEN_CHARS} characters); None leaves the API open, which "
+             "is allowed only on a loopback host or with api_allow_anonymous",
+             "'9f2c...' or ['new-token...', 'old-token...']", _check_tokens),
+    Variable("api_read_token", "str | list of str | None", None,
+             "bearer token(s) that may only read (GET and HEAD); needs api_token; "
+             "None means no read-only token",
+             "'c41d...'", _check_tokens),
+    Variable("api_metrics_public", "bool", False,
+             "serve /metrics without a token; False asks for api_read_token or api_token "
+             "when tokens are set",
+             "True", _check_bool),
+    Variable("api_allow_anonymous", "bool", False,
+             "serve the API without a token on a host other than loopback (anyone who "
+             "reaches the port reads and writes everything)",
+             "True", _check_bool),
+    Variable("api_tls_cert", "str | None", None,
+             "PEM certificate (chain) for HTTPS, with api_tls_key; None serves plain HTTP",
+             "'/etc/vesper/api.crt'", _check_optional_str),
+    Variable("api_tls_key", "str | None", None,
+             "PEM private key of api_tls_cert",
+             "'/etc/vesper/api.key'", _check_optional_str),
+    Variable("api_header_timeout", "float", DEFAULT_API_HEADER_TIMEOUT_S,
+             "seconds a client has to send a request's headers, counted from the "
+             "connection or the request's first byte; must be > 0",
+             "5", _check_seconds),
+    Variable("api_body_timeout", "float", DEFAULT_API_BODY_TIMEOUT_S,
+             "seconds a client has to send a whole request body after its headers; "
+             "must be > 0",
+             "120", _check_seconds),
+    Variable("api_idle_timeout", "float", DEFAULT_API_IDLE_TIMEOUT_S,
+             "seconds an idle keep-alive connection stays open between requests; must be > 0",
+             "30", _check_seconds),
+    Variable("api_max_connections", "int", DEFAULT_API_MAX_CONNECTIONS,
+             "most HTTP connections open at once; further ones are closed at once; "
+             "must be > 0",
+             "200", _int_range(1)),
     Variable("log_level", "str", DEFAULT_LOG_LEVEL,
              "one of 'debug', 'info', 'warning', 'error' (any case)",
              "'debug'", _choice(LOG_LEVELS)),
@@ -349,6 +471,11 @@ class Settings:
     replication_broker: Literal["activemq", "rabbitmq", "vesper"] | None = None
     replication_login: str | None = None
     replication_passcode: str | None = field(default=None, repr=False)
+    replication_tls: bool = False
+    replication_tls_ca: str | None = None
+    replication_tls_cert: str | None = None
+    replication_tls_key: str | None = None
+    replication_tls_verify: bool = DEFAULT_REPLICATION_TLS_VERIFY
     replication_heartbeat_ms: int = DEFAULT_REPLICATION_HEARTBEAT_MS
     replication_key_file: str | None = None
     replication_trusted_keys: dict[str, tuple[str, ...]] | None = None
@@ -359,15 +486,49 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     api_max_body_bytes: int = DEFAULT_API_MAX_BODY_BYTES
+    api_token: tuple[str, ...] | None = field(default=None, repr=False)
+    api_read_token: tuple[str, ...] | None = field(default=None, repr=False)
+    api_metrics_public: bool = False
+    api_allow_anonymous: bool = False
+    api_tls_cert: str | None = None
+    api_tls_key: str | None = None
+    api_header_timeout: float = DEFAULT_API_HEADER_TIMEOUT_S
+    api_body_timeout: float = DEFAULT_API_BODY_TIMEOUT_S
+    api_idle_timeout: float = DEFAULT_API_IDLE_TIMEOUT_S
+    api_max_connections: int = DEFAULT_API_MAX_CONNECTIONS
     log_level: Literal["debug", "info", "warning", "error"] = DEFAULT_LOG_LEVEL
 
     def __post_init__(self) -> None:
+        given_hosts = self.replication_hosts
         for variable in VARIABLES:
             value = variable.check(variable.name, getattr(self, variable.name))
             object.__setattr__(self, variable.name, value)
+        object.__setattr__(self, "_tls_hosts", _tls_hosts(given_hosts))
         if self.branch_id is None:
             object.__setattr__(self, "branch_id", self.trunk_id)
         self._check_replication()
+        self._check_api()
+        _check_pair(self, "replication_tls_cert", "replication_tls_key")
+        _check_pair(self, "api_tls_cert", "api_tls_key")
+
+    def _check_api(self) -> None:
+        if self.api_read_token and not self.api_token:
+            raise ConfigError(
+                "api_read_token is set without api_token: set api_token too, or nobody could write"
+            )
+        if self.api_token and self.api_read_token:
+            shared = set(self.api_token) & set(self.api_read_token)
+            if shared:
+                raise ConfigError(
+                    "api_token and api_read_token share a token: use different tokens"
+                )
+        if not self.api_token and not self.api_allow_anonymous and not _is_loopback(self.host):
+            raise ConfigError(
+                f"host is {self.host!r} but api_token is not set, so anyone who reaches "
+                "the port could read and write everything: set api_token (and "
+                "api_read_token for readers), or api_allow_anonymous = True to serve "
+                "without one"
+            )
 
     def _check_replication(self) -> None:
         if self.replication_channel is not None and self.replication_channels is not None:
@@ -412,6 +573,10 @@ class Settings:
             return self.storage_url
         # An absolute work_dir yields four slashes, the SQLAlchemy form of an absolute path.
         return "sqlite:///" + posixpath.join(self.work_dir, f"{self.branch_id}.db")
+
+    def broker_tls(self, host: tuple[str, int]) -> bool:
+        """True when this node reaches the broker ``host`` over TLS."""
+        return self.replication_tls or host in self._tls_hosts  # type: ignore[attr-defined]
 
     @property
     def effective_key_file(self) -> str:
