@@ -20,6 +20,7 @@ import stomp.exception
 
 from vesper.replication import wire
 from vesper.replication.brokers import BrokerProfile, client_id, detect
+from vesper.replication.tls import BrokerTls
 from vesper.replication.transport import Delivery, Link, LinkError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class StompLink(stomp.ConnectionListener):
         passcode: str | None,
         heartbeat_ms: int,
         broker: str | None,
+        tls: BrokerTls | None = None,
         on_message: Callable[[Delivery], None],
         on_receipt: Callable[[str], None],
         on_lost: Callable[[Link], None],
@@ -65,6 +67,15 @@ class StompLink(stomp.ConnectionListener):
             vhost="/",
             auto_decode=False,
         )
+        self.tls = tls
+        if tls is not None:
+            self.conn.set_ssl(
+                for_hosts=[host],
+                ca_certs=tls.ca_file,
+                cert_file=tls.cert_file,
+                key_file=tls.key_file,
+                verify=tls.verify,
+            )
         self.conn.set_listener("vesper", self)
 
     def connect(self) -> BrokerProfile:
@@ -77,7 +88,10 @@ class StompLink(stomp.ConnectionListener):
             )
         except (stomp.exception.StompException, OSError) as exc:
             self.close()
-            raise LinkError(self.error or f"{type(exc).__name__}: {exc}") from None
+            reason = self.error or f"{type(exc).__name__}: {exc}"
+            if self.error is None and self.tls is not None:
+                reason = self.tls.diagnose(self.host, CONNECT_TIMEOUT_S) or reason
+            raise LinkError(reason) from None
         # stomp.py leaves Nagle's algorithm on: a lone small SEND then waits for the
         # broker's delayed ACK (40 ms on Linux), which was most of the replication lag.
         with contextlib.suppress(OSError, AttributeError):
@@ -91,7 +105,8 @@ class StompLink(stomp.ConnectionListener):
 
     @property
     def address(self) -> str:
-        return f"{self.host[0]}:{self.host[1]}"
+        scheme = "stomp+ssl://" if self.tls is not None else ""
+        return f"{scheme}{self.host[0]}:{self.host[1]}"
 
     @property
     def connected(self) -> bool:

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vesper.errors import ConfigError
@@ -29,6 +29,7 @@ from vesper.replication.quarantine import Quarantine
 from vesper.replication.receiver import ApplyWorker, LogLimit
 from vesper.replication.sender import OutboxSender
 from vesper.replication.stats import Stats
+from vesper.replication.tls import BrokerTls
 from vesper.replication.transport import Delivery, Link, LinkFactory
 from vesper.store import Store
 from vesper.trust.keyring import Keyring
@@ -81,12 +82,17 @@ class ReplicationConfig:
     new key at every start would be refused by the peers that pinned its first one)."""
     trusted_keys: dict[str, tuple[str, ...]] | None = None
     peer_expiry_s: float = 7 * 24 * 3600.0
+    tls_hosts: frozenset[tuple[str, int]] = frozenset()
+    """The brokers of ``hosts`` reached over TLS."""
+    tls: BrokerTls = field(default_factory=BrokerTls)
+    """Certificates and verification for the ``tls_hosts``."""
 
     @classmethod
     def from_settings(cls, settings: Any, key: NodeKey | None = None) -> ReplicationConfig:
+        hosts = tuple(settings.replication_hosts or ())
         return cls(
             branch_id=settings.branch_id or settings.trunk_id,
-            hosts=tuple(settings.replication_hosts or ()),
+            hosts=hosts,
             channels=tuple(settings.channels),
             send_ack=settings.send_stomp_ack,
             broker=settings.replication_broker,
@@ -96,6 +102,13 @@ class ReplicationConfig:
             key=key,
             trusted_keys=settings.replication_trusted_keys,
             peer_expiry_s=settings.replication_peer_expiry,
+            tls_hosts=frozenset(h for h in hosts if settings.broker_tls(h)),
+            tls=BrokerTls(
+                ca_file=settings.replication_tls_ca,
+                cert_file=settings.replication_tls_cert,
+                key_file=settings.replication_tls_key,
+                verify=settings.replication_tls_verify,
+            ),
         )
 
 
@@ -107,6 +120,13 @@ class ReplicationService:
             raise ValueError("replication needs save_history = True")
         if not config.hosts or not config.channels:
             raise ValueError("replication needs replication_hosts and a channel")
+        if config.tls_hosts:
+            config.tls.check()
+            if not config.tls.verify:
+                log.warning(
+                    "replication_tls_verify is False: broker certificates are not checked, "
+                    "so anyone on the network path can pose as the broker"
+                )
         self.store = store
         self.config = config
         self.stats = Stats()
@@ -413,6 +433,7 @@ class ReplicationService:
             passcode=self.config.passcode,
             heartbeat_ms=self.config.heartbeat_ms,
             broker=self.config.broker,
+            tls=self.config.tls if host in self.config.tls_hosts else None,
             on_message=on_message,
             on_receipt=on_receipt,
             on_lost=on_lost,
