@@ -495,7 +495,7 @@ class ReplicationService:
             "quarantined": dict(sorted(self.worker.quarantine.counts.items())),
             "quarantine_held": self.worker.quarantine.held,
             "branch_claims": dict(self.claims),
-            "refused_by": sorted({b for ae in self.anti_entropy.values() for b in ae.refused_by}),
+            "refused_by": sorted({b for ae in self.anti_entropy.values() for b in ae.refusing()}),
         }
         peers: dict[str, Any] = {}
         catchup = None
