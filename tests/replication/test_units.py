@@ -576,3 +576,37 @@ def test_junk_in_the_signature_of_a_covered_changeset_is_not_kept(
     wait_for(lambda: c.store.count == 2, 10, "both on C")
     assert "sig" not in c.store.changeset("A.1")
     assert c.store.changeset("A.2")["sig"] == second["sig"]
+
+
+def test_a_signed_changeset_with_a_repeated_key_is_refused_not_read_one_way(
+    broker: MemoryBroker, node: Make
+) -> None:
+    # orjson keeps the last of two equal keys, other parsers the first: a repeated
+    # "changes" ahead of the real one would verify here and mean something else there.
+    a, b = node("A"), node("B")
+    a.store.create({"id": "seed"})
+    wait_for(lambda: b.store.get("seed"), 10, "seed on B")
+    held = b.store.changeset("A.1")
+    assert held["sig"]
+    evil = [{"id": "evil", "op": "create", "exists": True, "set": {"x": 1}}]
+    text = b'{"changes":' + orjson.dumps(evil) + b"," + orjson.dumps(held)[1:]
+    c = node("C")
+    broker.publish(wire.topic("c"), {wire.CLIENTID: "A", "persistent": "true"}, text)
+    wait_for(lambda: quarantined(c, "malformed") == 1, 10, "the repeated key refused")
+    entry = c.service.worker.quarantine.entries(limit=1)[0]
+    assert "'changes' appears twice" in entry["detail"]
+    wait_for(lambda: c.store.get("seed"), 10, "the real A.1 reaches C by catch-up")
+    assert c.store.get("evil") is None
+
+
+def test_an_integer_beyond_64_bits_on_the_wire_is_refused(broker: MemoryBroker, node: Make) -> None:
+    b = node("B")
+    body = (
+        b'{"id": "X.1", "origin": "X", "changes": [{"id": "o", "set": {"n": '
+        + str(2**70).encode()
+        + b"}}]}"
+    )
+    broker.publish(wire.topic("c"), {wire.CLIENTID: "X", "persistent": "true"}, body)
+    wait_for(lambda: quarantined(b, "malformed") == 1, 10, "the big integer refused")
+    entry = b.service.worker.quarantine.entries(limit=1)[0]
+    assert "outside the signed 64-bit range" in entry["detail"]

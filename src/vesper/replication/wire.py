@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from vesper.document import strict_json
+
 CLIENTID = "clientid"
 TYPE = "vesper-type"
 REQUEST_ID = "vesper-request"
@@ -53,13 +55,15 @@ def encode(value: Any) -> bytes:
 
 
 def decode_changesets(body: bytes | str) -> list[Any]:
-    """The changesets in a message body: one object or an array of them."""
-    value = orjson.loads(body)
+    """The changesets in a message body: one object or an array of them. The same
+    JSON rules as for HTTP bodies (no repeated key, integers within 64 bits): a value
+    that a node would read differently from its origin is refused, not guessed at."""
+    value = strict_json.loads(body, "message body")
     return value if isinstance(value, list) else [value]
 
 
 def decode_object(body: bytes | str) -> dict[str, Any]:
-    value = orjson.loads(body)
+    value = strict_json.loads(body, "message body")
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object")
     return value
@@ -81,7 +85,8 @@ def is_token(value: object) -> bool:
 def decode_control(kind: str, body: bytes) -> dict[str, Any]:
     """An announcement, request or acknowledgement, checked for shape: its ``type`` must
     be the kind of the destination it arrived on (the type is signed, so a signed
-    message of one kind can never be replayed as another). Raises ValueError."""
+    message of one kind can never be replayed as another). Raises ValueError, or
+    InvalidDocument for JSON that breaks the rules of strict_json."""
     if len(body) > MAX_CONTROL_BYTES:
         raise ValueError(f"a {kind} message is limited to {MAX_CONTROL_BYTES} bytes")
     value = decode_object(body)
