@@ -134,7 +134,9 @@ def test_bad_operations_are_named(store: Store, ops: object, message: str) -> No
         ({"v": math.inf}, "NaN and infinity"),
         ({"v": b"bytes"}, "bytes is not a JSON value"),
         ({"v": {1: "x"}}, "key 1 is not a string"),
-        ({"v": 2**70}, "outside the 64-bit range"),
+        ({"v": 2**70}, "outside the signed 64-bit range"),
+        ({"v": 2**63}, "integer 9223372036854775808 is outside the signed 64-bit range"),
+        ({"v": -(2**63) - 1}, "outside the signed 64-bit range"),
         ({"v": {1, 2}}, "set is not a JSON value"),
     ],
 )

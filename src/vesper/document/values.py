@@ -10,7 +10,8 @@ from vesper.errors import InvalidDocument
 
 MAX_ID_BYTES = 1024
 MAX_DEPTH = 128
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what every node's JSON codec round-trips
+# The signed 64-bit range: what every node's JSON codec reads back as the same integer.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 def check_id(value: object, what: str = "id") -> str:
@@ -34,7 +35,7 @@ def check_value(value: object, where: str, depth: int = 0) -> None:
         return
     if t is int:
         if not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
-            raise InvalidDocument(f"{where}: integer {value} is outside the 64-bit range")
+            raise InvalidDocument(f"{where}: integer {value} is outside the signed 64-bit range")
         return
     if t is float:
         if not math.isfinite(value):  # type: ignore[arg-type]
@@ -67,7 +68,7 @@ def normalize_numbers(value: Any) -> Any:
 
 
 def _integral_as_int(x: float) -> float | int:
-    return int(x) if x.is_integer() and _INT_MIN <= x < 2.0**64 else x
+    return int(x) if x.is_integer() and _INT_MIN <= x < 2.0**63 else x
 
 
 def map_floats(value: Any, fn: Callable[[float], Any]) -> Any:
