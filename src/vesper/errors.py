@@ -58,3 +58,11 @@ class StorageError(VesperError):
     """The storage backend failed (disk full, locked database, corrupt file)."""
 
     retryable = True
+
+
+class StoreDamaged(StorageError):
+    """The store's file or its history is damaged: SQLite reports corruption, or a stored
+    changeset no longer matches the hash chain. Retrying cannot cure it, so the store
+    takes no more writes or changesets; the message names the file and the fix."""
+
+    retryable = False

@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from vesper.config import Settings
-from vesper.errors import StoreClosed
+from vesper.config import Settings, parse_storage_url
+from vesper.errors import StoreClosed, StoreDamaged
 from vesper.replication.quarantine import Quarantine
 from vesper.store import Store, open_store_from_settings
 from vesper.trust.keys import NodeKey
@@ -62,7 +62,10 @@ class Node:
         """Open the store (creating it if needed); raises VesperError if it cannot."""
         with self._lock:
             if self._store is None:
-                self._store = open_store_from_settings(self.settings)
+                try:
+                    self._store = open_store_from_settings(self.settings)
+                except StoreDamaged as exc:
+                    raise StoreDamaged(f"{exc}; {self._restore_advice()}") from None
                 log.debug("node %s opened %s", self.branch_id, self.settings.effective_storage_url)
             if self.replication is None and self.settings.replication_hosts:
                 # Imported here: a node without replication never loads stomp.py.
@@ -81,6 +84,21 @@ class Node:
                     raise
                 self.replication = service
         return self
+
+    def _restore_advice(self) -> str:
+        """What to do with a damaged store, for the one line that reports it."""
+        path = parse_storage_url(self.settings.effective_storage_url).path
+        if not self.settings.replication_hosts:
+            return (
+                f"this node does not replicate, so restore {path} from a backup "
+                f"('vesper check {path}' lists every problem)"
+            )
+        return (
+            f"restore it from a peer: move {path} and its -wal and -shm files aside and "
+            f"start this node again with an empty store and its key "
+            f"({self.settings.effective_key_file}): catch-up fetches its whole history "
+            f"from its peers ('vesper check {path}' lists every problem; docs/integrity.md)"
+        )
 
     def _load_key(self) -> NodeKey:
         path = Path(self.settings.effective_key_file)
@@ -111,6 +129,22 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def ready_reasons(self) -> list[str]:
+        """Why this node should not get traffic now (``GET /ready``); empty when ready.
+
+        Liveness is another matter (``/health``): a node with a damaged store keeps
+        running, so it can say so, but it must not be sent writes.
+        """
+        store = self._store
+        if store is None:
+            return [f"node {self.branch_id} is not running"]
+        reasons = []
+        if store.failure is not None:
+            reasons.append(f"store failed: {store.failure}")
+        if store.writes_refused is not None:
+            reasons.append(f"local writes refused: {store.writes_refused}")
+        return reasons
 
     def quarantine(self, limit: int = 100, reason: str | None = None) -> list[dict[str, Any]]:
         """Rejected messages, newest first (``GET /api/quarantine``)."""

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "broker": ("vesper.broker.cli", "run the embedded STOMP broker"),
     "cluster": ("vesper.cli.cluster", "demo: an embedded broker and N replicating nodes"),
     "keygen": ("vesper.cli.keygen", "print a new Ed25519 key pair for replication_key_file"),
+    "check": ("vesper.cli.check", "check a store file for damage (integrity and hash chain)"),
 }
 
 

@@ -26,6 +26,7 @@ from vesper.errors import (
     InvalidChangeset,
     InvalidOperation,
     StorageError,
+    StoreDamaged,
     WritesRefused,
 )
 from vesper.history.changeset import FORMAT_VERSION, Changeset, iso_time, parse_changeset
@@ -40,6 +41,7 @@ from vesper.merge.register import ObjectState, new_object_row
 from vesper.storage.database import Database
 from vesper.storage.url import parse_storage_url
 from vesper.store import history as history_queries
+from vesper.store.integrity import ChainWatch, verify_on_open
 from vesper.store.ops import Op, fold, object_op, parse_op, update_op
 from vesper.store.pending import PendingIndex
 from vesper.store.query import Where, iter_objects, parse_where
@@ -155,8 +157,14 @@ class Store:
         self.outbox_enabled = outbox and save_history
         self.max_pending = max_pending
         self.db = Database(parse_storage_url(storage_url))
+        self._watch: ChainWatch | None = None
         try:
             self._load_meta()
+            if not self.db.location.in_memory:
+                # A damaged history must not be served nor built on: verified before
+                # anything else runs, then kept verified while the store runs.
+                checkpoint = verify_on_open(self.db, self.branch_id)
+                self._watch = ChainWatch(self.db, self.branch_id, checkpoint)
         except BaseException:
             self.db.close()
             raise
@@ -164,6 +172,8 @@ class Store:
         self._commit_listeners: list[Callable[[CommitResult], None]] = []
         self.writes_refused: str | None = None
         """Why local writes are refused (None: they are taken); see ``refuse_writes``."""
+        if self._watch is not None:
+            self._watch.start()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -177,11 +187,16 @@ class Store:
                 f"this store belongs to branch {stored!r}, not "
                 f"{self.branch_id!r}; a branch id never changes"
             )
-        state = orjson.loads(rows.get("state", '{"vv": {}, "hlc": 0, "live": 0}'))
-        self._vv: dict[str, int] = state["vv"]
-        self._clock = HybridClock(state["hlc"])
-        self._live = state["live"]
-        heads = state.get("heads")
+        try:
+            state = orjson.loads(rows.get("state", '{"vv": {}, "hlc": 0, "live": 0}'))
+            self._vv: dict[str, int] = state["vv"]
+            self._clock = HybridClock(state["hlc"])
+            self._live = state["live"]
+            heads = state.get("heads")
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            raise StoreDamaged(
+                f"{self.db.name} is damaged (its state in meta does not parse)"
+            ) from None
         # A store written before changesets were chained has no heads: compute them
         # once from the last changeset of each origin.
         self._heads: dict[str, str] = self._compute_heads() if heads is None else heads
@@ -198,7 +213,25 @@ class Store:
         return heads
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         self.db.close()
+
+    @property
+    def failure(self) -> str | None:
+        """Why this store failed (damage found while it ran), or None. A failed store
+        takes no local writes and no changesets (StoreDamaged); reads go on while they
+        succeed."""
+        return self.db.failure
+
+    def verify_chain(self) -> None:
+        """Hash and chain now every changeset stored since the last verification (the
+        store does this in the background about once a second); StoreDamaged if any
+        is damaged, and the store has failed then."""
+        if self._watch is not None and self.db.failure is None:
+            self._watch.verify(None)
+        if self.db.failure is not None:
+            raise self.db.damaged()
 
     def __enter__(self) -> Store:
         return self
@@ -250,6 +283,8 @@ class Store:
         self.writes_refused = reason
 
     def _commit(self, ops: list[Op]) -> CommitResult:
+        if self.db.failure is not None:
+            raise self.db.damaged()  # before a refusal: its cure does not cure this
         if self.writes_refused is not None:
             raise WritesRefused(self.writes_refused)
         with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
