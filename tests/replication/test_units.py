@@ -610,3 +610,23 @@ def test_an_integer_beyond_64_bits_on_the_wire_is_refused(broker: MemoryBroker, 
     wait_for(lambda: quarantined(b, "malformed") == 1, 10, "the big integer refused")
     entry = b.service.worker.quarantine.entries(limit=1)[0]
     assert "outside the signed 64-bit range" in entry["detail"]
+
+
+def test_a_damaged_store_halts_replication_and_acknowledges_nothing(
+    broker: MemoryBroker, node: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = node("A"), node("B")
+    a.store.create({"id": "seed"})
+    wait_for(lambda: b.store.get("seed"), 10, "seed on B")
+    b.store.db.fail("database disk image is malformed (injected)")
+    wait_for(lambda: b.service.current_link() is None, 10, "B's replication halted")
+    assert any(
+        "replication stopped: the store is damaged" in r.getMessage() for r in caplog.records
+    )
+    sent_before = len(broker.sent)
+    a.store.create({"id": "later"})
+    wait_for(lambda: len(broker.sent) > sent_before, 10, "A published the later write")
+    # B stays off the broker: it neither reconnects nor acknowledges what A sent.
+    with pytest.raises(AssertionError):
+        wait_for(lambda: b.service.current_link() is not None, 2, "B reconnected")
+    assert b.store.get("later") is None

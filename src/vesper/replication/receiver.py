@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from vesper.errors import InvalidChangeset, VesperError
+from vesper.errors import InvalidChangeset, StoreDamaged, VesperError
 from vesper.history.changeset import Changeset, parse_changeset
 from vesper.replication import wire
 from vesper.replication.catchup import AntiEntropy
@@ -137,6 +137,12 @@ class ApplyWorker:
                 continue
             try:
                 self._process(batch)
+            except StoreDamaged:
+                # Nothing may be acknowledged from a damaged store: the replication
+                # service halts and closes the link, and the broker keeps the messages.
+                link = self._current_link()
+                if link is not None:
+                    link.close()
             except Exception:
                 # Nothing of this batch was acknowledged, and nothing after it may be:
                 # a later cumulative ACK would cover these messages. Drop the connection
@@ -150,6 +156,9 @@ class ApplyWorker:
                     link.close()
 
     def _process(self, batch: list[Delivery]) -> None:
+        failure = self._store.failure
+        if failure is not None:
+            raise StoreDamaged(failure)
         changesets: list[Changeset] = []
         sources: dict[str, str] = {}
         carriers: dict[str, Delivery] = {}

@@ -99,6 +99,8 @@ class OutboxSender:
             # of one per commit keeps the sender from taking the GIL from the committers.
             time.sleep(GATHER_S)
             self._wake.clear()
+            if self._store.failure is not None:
+                continue  # the replication service halts; retrying would only log
             try:
                 self._confirm()
                 self._send_some()

@@ -351,6 +351,9 @@ class ReplicationService:
     def _supervise(self) -> None:
         delay = BACKOFF_INITIAL_S
         while not self._stop.is_set():
+            if self.store.failure is not None:
+                self._halt(self.store.failure)
+                return
             if self._link is None or not self._link.connected:
                 if self._connect_any():
                     delay = BACKOFF_INITIAL_S
@@ -369,6 +372,19 @@ class ReplicationService:
                 self._check_refusals()
             except Exception:
                 log.exception("anti-entropy tick failed")
+
+    def _halt(self, failure: str) -> None:
+        """Stop replicating from a damaged store: send nothing read from it, answer
+        no catch-up request with it and acknowledge nothing, so the broker keeps every
+        message for the store that replaces this one."""
+        log.error(
+            "replication stopped: the store is damaged (%s); nothing more is sent, "
+            "answered or acknowledged until the node restarts with a sound store",
+            failure,
+        )
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
     def _connect_any(self) -> bool:
         hosts = self.config.hosts
