@@ -86,7 +86,7 @@ def _publish(port: int, count: int, size: int) -> None:
 
 
 def throughput(data_dir: Path | None, count: int, size: int) -> tuple[float, float]:
-    with BrokerProcess(data_dir, control=False) as broker:
+    with BrokerProcess(data_dir, control=False, allow_anonymous=True) as broker:
         ctx = multiprocessing.get_context("fork")
         ready, started, result = ctx.Event(), ctx.Event(), ctx.Queue()
         sub = ctx.Process(target=_subscriber, args=(broker.port, count, ready, started, result))
@@ -103,7 +103,7 @@ def throughput(data_dir: Path | None, count: int, size: int) -> tuple[float, flo
 
 def offline(data_dir: Path, count: int, size: int, drain: bool) -> list[tuple]:
     rows = []
-    with BrokerProcess(data_dir, control=False) as broker:
+    with BrokerProcess(data_dir, control=False, allow_anonymous=True) as broker:
         conn, _ = _subscribe(broker.port, count)
         conn.disconnect()
         frame = b"SEND\ndestination:%s\npersistent:true\ncontent-length:%d\n\n%s\x00" % (

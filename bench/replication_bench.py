@@ -250,7 +250,9 @@ def start_broker(name: str, workdir: Path) -> BrokerInfo:
     folder = workdir / f"{name}-{uuid.uuid4().hex[:8]}"
     if name == "embedded":
         # --data-dir: persistent messages are stored (SQLite), as the others store them.
-        broker = BrokerProcess(folder, control=False, log_path=workdir / "embedded.log")
+        broker = BrokerProcess(
+            folder, control=False, allow_anonymous=True, log_path=workdir / "embedded.log"
+        )
         broker.start()
         info = BrokerInfo(name, broker.host, broker.port, stop=broker.stop)
     elif name in ("activemq", "rabbitmq"):

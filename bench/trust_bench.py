@@ -582,7 +582,9 @@ HTTP_NODES = ("off", "unsigned", "on")
 def bench_http(workdir: Path, sizes: Sizes) -> list[Figure]:
     from vesper.broker.process import BrokerProcess
 
-    broker = BrokerProcess(workdir / "broker", control=False, log_path=workdir / "broker.log")
+    broker = BrokerProcess(
+        workdir / "broker", control=False, allow_anonymous=True, log_path=workdir / "broker.log"
+    )
     broker.start()
     nodes: dict[str, HttpNode] = {}
     try:

@@ -6,9 +6,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import stomp
+
+from vesper.broker.adduser import add_user
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -261,3 +264,18 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def make_users(path: Path, users: dict[str, dict[str, Any]]) -> Path:
+    """Write a users file with ``adduser``: ``{"name": {"passcode": "pw", "read": [...],
+    "write": [...], "admin": [...]}}``."""
+    for name, spec in users.items():
+        add_user(
+            path,
+            name,
+            spec["passcode"],
+            spec.get("read", ()),
+            spec.get("write", ()),
+            spec.get("admin", ()),
+        )
+    return path

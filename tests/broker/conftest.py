@@ -34,6 +34,8 @@ def start_broker() -> Iterator[Callable[..., BrokerThread]]:
     brokers: list[BrokerThread] = []
 
     def start(**settings: Any) -> BrokerThread:
+        # Anonymous unless the test gives users: these brokers listen on loopback.
+        settings.setdefault("allow_anonymous", "users" not in settings)
         broker = BrokerThread(BrokerConfig(port=0, **settings)).start()
         brokers.append(broker)
         return broker
@@ -56,6 +58,7 @@ def broker_process(tmp_path: Path) -> Iterator[Callable[..., BrokerProcess]]:
 
     def start(data_dir: Path | None = None, args: tuple[str, ...] = (), **kw: Any) -> BrokerProcess:
         log = tmp_path / f"broker-{len(procs)}.log"
+        kw.setdefault("allow_anonymous", "users" not in kw)
         proc = BrokerProcess(data_dir, args=args, log_path=log, **kw).start()
         procs.append(proc)
         return proc

@@ -22,16 +22,28 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_defaults_and_every_option(tmp_path) -> None:
-    config = config_from_args(parse())
+    config = config_from_args(parse("--allow-anonymous"))
     assert (config.host, config.port, config.data_dir) == ("127.0.0.1", 61613, None)
+    assert config.max_memory == 256 * 1024 * 1024 and config.durable_expiry == 30 * 86400
+    assert config.max_subscriptions_per_connection == 1000 and config.users is None
     argv = (
-        f"--host 0.0.0.0 --port 0 --data-dir {tmp_path} --users-file {tmp_path / 'u'}"
+        f"--host 0.0.0.0 --port 0 --data-dir {tmp_path} --users {tmp_path / 'u'}"
+        " --allow-anonymous --tls-cert c.pem --tls-key k.pem --tls-ca ca.pem"
         " --max-frame-bytes 1000 --max-pending-bytes 2000 --prefetch 7 --control"
+        " --max-memory 64MiB --max-subscriptions-per-connection 5 --durable-expiry 12h"
         " --drop 0.1 --duplicate 0.2 --delay-ms 50 --paused --fault-seed 3"
     )
     config = config_from_args(parse(*argv.split()))
     assert config.data_dir == tmp_path and config.max_frame_bytes == 1000
     assert config.max_pending_bytes == 2000 and config.default_prefetch == 7 and config.control
+    assert config.users == tmp_path / "u" and config.allow_anonymous
+    assert (config.tls_cert, config.tls_key, config.tls_ca) == (
+        Path("c.pem"),
+        Path("k.pem"),
+        Path("ca.pem"),
+    )
+    assert config.max_memory == 64 * 1024 * 1024 and config.durable_expiry == 43200
+    assert config.max_subscriptions_per_connection == 5
     f = config.faults
     settings = (f.drop, f.duplicate, f.delay, f.delay_ms, f.paused, f.seed)
     assert settings == (0.1, 0.2, 1.0, 50, True, 3)
@@ -39,7 +51,9 @@ def test_defaults_and_every_option(tmp_path) -> None:
 
 def test_logs_real_port_and_stops_cleanly_on_sigterm_and_sigint(tmp_path, client) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
-        broker = BrokerProcess(log_path=tmp_path / f"{sig}.log", control=False).start()
+        broker = BrokerProcess(
+            log_path=tmp_path / f"{sig}.log", control=False, allow_anonymous=True
+        ).start()
         try:
             line = f"vesper broker listening on stomp://127.0.0.1:{broker.port}"
             assert line in broker.log_text()
@@ -54,9 +68,20 @@ def test_logs_real_port_and_stops_cleanly_on_sigterm_and_sigint(tmp_path, client
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--drop", "2"], "fault fraction drop=2.0 must be within 0..1"),
-        (["--max-frame-bytes", "0"], "max_frame_bytes must be positive"),
-        (["--users-file", "/nonexistent/users"], "cannot read users file"),
+        (
+            [],
+            "pass --users FILE (make one with `vesper broker adduser FILE NAME`) or"
+            " --allow-anonymous",
+        ),
+        (["--allow-anonymous", "--drop", "2"], "fault fraction drop=2.0 must be within 0..1"),
+        (["--allow-anonymous", "--max-frame-bytes", "0"], "max_frame_bytes must be positive"),
+        (["--users", "/nonexistent/users"], "cannot read users file /nonexistent/users"),
+        (["--allow-anonymous", "--max-memory", "lots"], "--max-memory 'lots' is not a size"),
+        (["--allow-anonymous", "--durable-expiry", "-1"], "is not a duration"),
+        (
+            ["--allow-anonymous", "--tls-cert", "/nonexistent.pem", "--tls-key", "/k.pem"],
+            "does not exist",
+        ),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(argv, expected) -> None:
@@ -73,7 +98,7 @@ def test_bad_settings_exit_2_with_one_line(argv, expected) -> None:
 
 def test_port_in_use_exits_1(broker) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "vesper.broker", "--port", str(broker.port)],
+        [sys.executable, "-m", "vesper.broker", "--allow-anonymous", "--port", str(broker.port)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -95,7 +120,13 @@ def test_every_option_is_documented() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "broker.md").read_text()
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    actions = list(parser._actions)
+    for action in parser._actions:  # and those of the adduser subcommand
+        for sub in getattr(action, "choices", None) or {}:
+            if isinstance(action.choices, dict):
+                actions.extend(action.choices[sub]._actions)
+    options = [o for a in actions for o in a.option_strings if o.startswith("--")]
+    assert "--passcode-stdin" in options
     missing = [o for o in options if f"`{o}" not in docs and o != "--help"]
     assert not missing
 
@@ -107,6 +138,7 @@ def test_one_data_folder_one_broker(broker_process, tmp_path) -> None:
             sys.executable,
             "-m",
             "vesper.broker",
+            "--allow-anonymous",
             "--port",
             "0",
             "--data-dir",

@@ -145,3 +145,49 @@ def test_a_corrupt_database_is_a_clear_error(tmp_path) -> None:
 
     with pytest.raises(BrokerConfigError, match="not a usable broker database"):
         run(scenario())
+
+
+def test_owner_and_last_activity_survive_a_restart(tmp_path) -> None:
+    async def first():
+        store = SqliteStore(tmp_path, 1 << 20)
+        await store.open()
+        box = store.create_mailbox("durable", "rabbitmq:a@/topic/t", "/topic/t", "node-a", 100.0)
+        await store.close()
+        store = SqliteStore(tmp_path, 1 << 20)
+        await store.open()
+        store.touch(box, 200.0)
+        await store.close()
+
+    async def second():
+        store = SqliteStore(tmp_path, 1 << 20)
+        stored = await store.open()
+        await store.close()
+        return stored
+
+    run(first())
+    (s,) = run(second())
+    assert (s.owner, s.last_active) == ("node-a", 200.0)
+
+
+def test_a_database_from_before_owners_is_migrated(tmp_path) -> None:
+    with contextlib.closing(sqlite3.connect(tmp_path / persistence.DB_FILENAME)) as db:
+        db.executescript(
+            "CREATE TABLE mailboxes (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+            " name TEXT NOT NULL, destination TEXT NOT NULL);"
+            "CREATE TABLE entries (id INTEGER PRIMARY KEY, mailbox INTEGER NOT NULL,"
+            " message_id TEXT NOT NULL, headers BLOB NOT NULL, body BLOB NOT NULL,"
+            " redelivered INTEGER NOT NULL);"
+            "INSERT INTO mailboxes VALUES (1, 'durable', 'activemq:c:n', '/topic/t');"
+        )
+
+    async def scenario():
+        store = SqliteStore(tmp_path, 1 << 20)
+        stored = await store.open()
+        await store.close()
+        return stored
+
+    import time
+
+    (s,) = run(scenario())
+    assert s.owner == ""  # made by an anonymous client, as every one was then
+    assert abs(s.last_active - time.time()) < 60  # the expiry clock starts now, not in 1970

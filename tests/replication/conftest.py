@@ -19,7 +19,7 @@ def shared_broker(
         host, _, port = mq.rpartition(":")
         yield (host or "127.0.0.1", int(port))
         return
-    broker = BrokerProcess(tmp_path_factory.mktemp("broker"), control=True)
+    broker = BrokerProcess(tmp_path_factory.mktemp("broker"), control=True, allow_anonymous=True)
     broker.start()
     try:
         yield (broker.host, broker.port)
@@ -41,6 +41,7 @@ def brokers(
     started: list[BrokerProcess] = []
 
     def make(**kwargs: object) -> BrokerProcess:
+        kwargs.setdefault("allow_anonymous", True)  # loopback only
         broker = BrokerProcess(tmp_path / f"broker{len(started)}", control=True, **kwargs)
         started.append(broker)
         return broker.start()

@@ -2,10 +2,12 @@
 
 from vesper.broker.config import BrokerConfig
 from vesper.broker.errors import (
+    AccessDenied,
     BrokerConfigError,
     BrokerError,
     BrokerStartError,
     ControlError,
+    LimitExceeded,
     ProtocolError,
 )
 from vesper.broker.faults import Faults, FaultSettings
@@ -13,6 +15,7 @@ from vesper.broker.process import BrokerProcess, BrokerThread
 from vesper.broker.server import Broker
 
 __all__ = [
+    "AccessDenied",
     "Broker",
     "BrokerConfig",
     "BrokerConfigError",
@@ -23,5 +26,6 @@ __all__ = [
     "ControlError",
     "FaultSettings",
     "Faults",
+    "LimitExceeded",
     "ProtocolError",
 ]

@@ -1,7 +1,8 @@
 """``vesper broker``: the command-line front end of the embedded broker.
 
 The lead's CLI calls ``add_arguments`` and ``run``; ``python -m vesper.broker`` uses
-the same two functions.
+the same two functions. ``vesper broker adduser FILE NAME`` is a subcommand of this
+parser (see ``adduser``), so ``vesper``'s own dispatch needs nothing for it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import signal
 import sys
 from pathlib import Path
 
+from vesper.broker import adduser
 from vesper.broker.config import (
     DEFAULT_HOST,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_SUBSCRIPTIONS,
     DEFAULT_PORT,
     DEFAULT_PREFETCH,
     BrokerConfig,
@@ -24,6 +27,7 @@ from vesper.broker.config import (
 from vesper.broker.errors import BrokerConfigError, BrokerError
 from vesper.broker.faults import FaultSettings
 from vesper.broker.server import Broker
+from vesper.broker.units import parse_duration, parse_size
 
 log = logging.getLogger("vesper.broker")
 
@@ -39,7 +43,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="keep queues and durable subscriptions in SQLite here (default: memory only)",
     )
-    parser.add_argument("--users-file", type=Path, help="require login:passcode from this file")
+    access = parser.add_argument_group("access (one of --users, --allow-anonymous is required)")
+    access.add_argument(
+        "--users",
+        type=Path,
+        metavar="FILE",
+        help="TOML file of users, passcode hashes and permissions (see `adduser`)",
+    )
+    access.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="accept CONNECT without login, with every right (for loopback and tests)",
+    )
+    access.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="PEM certificate: speak STOMP over TLS"
+    )
+    access.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
+    access.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM authority: require client certificates it signed",
+    )
     parser.add_argument(
         "--max-frame-bytes",
         type=int,
@@ -51,6 +76,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_PENDING_BYTES,
         help="undelivered bytes held in memory per subscription or queue (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        default="256MiB",
+        help="budget for unfinished frames and messages held in memory, all connections"
+        " together; bytes or KiB/MiB/GiB (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-subscriptions-per-connection",
+        type=int,
+        default=DEFAULT_MAX_SUBSCRIPTIONS,
+        help="subscriptions one connection may hold (%(default)s)",
+    )
+    parser.add_argument(
+        "--durable-expiry",
+        default="30d",
+        help="delete durable subscriptions without a consumer for this long; seconds or"
+        " s/m/h/d/w, 0 = never (%(default)s)",
     )
     parser.add_argument(
         "--prefetch",
@@ -79,6 +122,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    commands = parser.add_subparsers(dest="broker_command", metavar="{adduser}")
+    adduser.add_arguments(
+        commands.add_parser(
+            "adduser",
+            help="add a user to a --users file",
+            description="Add a user (scrypt passcode hash and permissions) to a users"
+            " file, creating it with mode 0600 if absent.",
+        )
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BrokerConfig:
@@ -88,9 +140,16 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
-        users_file=args.users_file,
+        users=args.users,
+        allow_anonymous=args.allow_anonymous,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
         max_frame_bytes=args.max_frame_bytes,
         max_pending_bytes=args.max_pending_bytes,
+        max_memory=parse_size(args.max_memory, "--max-memory"),
+        max_subscriptions_per_connection=args.max_subscriptions_per_connection,
+        durable_expiry=parse_duration(args.durable_expiry, "--durable-expiry"),
         default_prefetch=args.prefetch,
         control=args.control,
         faults=FaultSettings(
@@ -106,6 +165,8 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run the broker until SIGINT or SIGTERM; 0 on a clean stop."""
+    if getattr(args, "broker_command", None) == "adduser":
+        return adduser.run(args)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"

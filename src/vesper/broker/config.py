@@ -17,6 +17,12 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_HEADERS = 1000
 #: Undelivered bytes one subscription or queue holds in memory before flow control.
 DEFAULT_MAX_PENDING_BYTES = 32 * 1024 * 1024
+#: Everything clients can make the broker hold: unfinished frames and held messages.
+DEFAULT_MAX_MEMORY = 256 * 1024 * 1024
+#: SUBSCRIBEs one connection may have open at once (a Vesper node needs three).
+DEFAULT_MAX_SUBSCRIPTIONS = 1000
+#: A durable subscription nobody has resumed for this long is deleted with its messages.
+DEFAULT_DURABLE_EXPIRY_S = 30 * 86400.0
 #: Unacknowledged messages in flight per subscription when SUBSCRIBE names no prefetch.
 DEFAULT_PREFETCH = 1000
 #: Bytes waiting for the SQLite writer before publishers are paused.
@@ -40,8 +46,19 @@ class BrokerConfig:
     data_dir: Path | None = None
     """Folder for the SQLite file holding queues and durable subscriptions; None keeps
     them in memory only (lost when the broker stops)."""
-    users_file: Path | None = None
-    """File of ``login:passcode`` lines; None accepts any CONNECT."""
+    users: Path | None = None
+    """TOML file of users, passcode hashes and permissions (see docs/broker.md); None
+    means no logins, which needs ``allow_anonymous``."""
+    allow_anonymous: bool = False
+    """Accept CONNECTs without ``login``, with every right on every destination. With
+    neither this nor ``users`` the broker refuses to start: an open broker must be a
+    choice, never a default."""
+    tls_cert: Path | None = None
+    """PEM certificate chain; with ``tls_key`` the listener speaks STOMP over TLS."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+    tls_ca: Path | None = None
+    """PEM authority whose client certificates are required; None asks for none."""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     """Largest frame accepted (headers plus body); bigger ones get ERROR and a close."""
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
@@ -50,11 +67,20 @@ class BrokerConfig:
     """Most header lines in one frame."""
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
     """Undelivered bytes one subscription or queue keeps in memory. Beyond it, with
-    ``data_dir`` queues and durable subscriptions keep the rest on disk only; otherwise
-    the publishers sending to it are paused until it drains to half."""
+    ``data_dir`` queues and durable subscriptions keep the rest on disk only; a plain
+    topic subscription's consumer is disconnected as too slow; a memory-only queue or
+    durable subscription pauses the publishers sending to it until it drains to half."""
     default_prefetch: int = DEFAULT_PREFETCH
     """In-flight unacknowledged messages per subscription when SUBSCRIBE has no
     ``activemq.prefetchSize`` / ``prefetch-count``; 0 means unbounded."""
+    max_memory: int = DEFAULT_MAX_MEMORY
+    """Budget for unfinished frames plus messages held in memory, all connections
+    together (see ``memory.MemoryBudget``)."""
+    max_subscriptions_per_connection: int = DEFAULT_MAX_SUBSCRIPTIONS
+    """SUBSCRIBEs open at once on one connection; one more gets ERROR."""
+    durable_expiry: float = DEFAULT_DURABLE_EXPIRY_S
+    """Seconds a durable subscription may go without a consumer before it is deleted
+    with its messages; 0 keeps them forever."""
     max_unwritten_bytes: int = DEFAULT_MAX_UNWRITTEN_BYTES
     """Bytes queued for the SQLite writer before publishers are paused."""
     control: bool = False
@@ -65,12 +91,44 @@ class BrokerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise BrokerConfigError(f"port {self.port} is out of range: use 0-65535 (0 = free)")
-        for name in ("max_frame_bytes", "max_header_bytes", "max_headers", "max_pending_bytes"):
+        if self.users is None and not self.allow_anonymous:
+            raise BrokerConfigError(
+                "no users and no anonymous access: pass --users FILE (make one with"
+                " `vesper broker adduser FILE NAME`) or --allow-anonymous"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise BrokerConfigError(
+                "--tls-cert and --tls-key go together: give both files, or neither"
+            )
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise BrokerConfigError(
+                "--tls-ca checks client certificates of a TLS listener: add --tls-cert"
+                " and --tls-key"
+            )
+        names = (
+            "max_frame_bytes",
+            "max_header_bytes",
+            "max_headers",
+            "max_pending_bytes",
+            "max_memory",
+            "max_subscriptions_per_connection",
+        )
+        for name in names:
             if getattr(self, name) <= 0:
                 raise BrokerConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.default_prefetch < 0:
             raise BrokerConfigError(
                 f"default_prefetch must be >= 0 (0 = unbounded), got {self.default_prefetch}"
+            )
+        if self.max_frame_bytes > self.max_memory:
+            raise BrokerConfigError(
+                f"max_frame_bytes {self.max_frame_bytes} exceeds max_memory {self.max_memory}:"
+                " such a frame could never be accepted; lower --max-frame-bytes or raise"
+                " --max-memory"
+            )
+        if self.durable_expiry < 0:
+            raise BrokerConfigError(
+                f"durable_expiry must be >= 0 seconds (0 = never), got {self.durable_expiry}"
             )
         if self.max_unwritten_bytes <= 0:
             raise BrokerConfigError(

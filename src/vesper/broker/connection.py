@@ -1,4 +1,5 @@
-"""One client connection: reading frames, buffered writing, flow control, heart-beats.
+"""One client connection: reading frames, buffered writing, flow control, heart-beats,
+and the connection's side of the memory budget and of slow-consumer handling.
 
 What each command does lives in ``handlers``; this module is the plumbing around it.
 """
@@ -10,9 +11,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from vesper.broker.config import CONNECT_TIMEOUT_S, HEARTBEAT_GRACE
-from vesper.broker.errors import ProtocolError
+from vesper.broker.errors import AccessDenied, ProtocolError
 from vesper.broker.frames import Frame, FrameParser, encode_frame
 from vesper.broker.handlers import HANDLERS
+from vesper.broker.units import format_size
+from vesper.broker.users import ANONYMOUS_USER, User
 
 if TYPE_CHECKING:
     from vesper.broker.server import Broker
@@ -29,6 +32,8 @@ TRANSPORT_HIGH_WATER_BYTES = 1024 * 1024
 HEARTBEAT_EARLY = 0.75
 #: After ERROR or DISCONNECT, how long the broker waits for the client to close.
 CLOSE_GRACE_S = 5.0
+#: Blocks reading while a CONNECT's passcode is being checked.
+_AUTHENTICATING = "authenticating"
 
 
 class StompConnection(asyncio.Protocol):
@@ -46,7 +51,15 @@ class StompConnection(asyncio.Protocol):
         #: No more frames are processed (after ERROR, DISCONNECT or a lost socket).
         self.closing = False
         self.client_id: str | None = None
+        self.user: User = ANONYMOUS_USER
+        """Who the client is; set by CONNECT."""
         self.session = ""
+        #: Bytes of an unfinished frame in the parser, as counted by the memory budget.
+        self.partial = 0
+        #: Frames that arrived while CONNECT was being checked; None when not checking.
+        self._held: list[Frame] | None = None
+        #: Ids of this connection's subscriptions to /vesper-control/status.
+        self.status_subscriptions: set[str] = set()
         self.subscriptions: dict[str, Subscription] = {}
         self.subs_by_num: dict[str, Subscription] = {}
         self.sub_count = 0
@@ -79,14 +92,21 @@ class StompConnection(asyncio.Protocol):
         if self.closing:
             return
         error = None
+        parser = self.parser
         try:
-            frames = self.parser.feed(data)
+            frames = parser.feed(data)
         except ProtocolError as exc:
             frames, error = exc.frames, exc  # type: ignore[attr-defined]
+        if parser.buffered != self.partial:
+            # May close this connection, or others, if unfinished frames break the budget.
+            self.broker.budget.set_partial(self, parser.buffered)
         for frame in frames:
             if self.closing:
                 return
-            self._handle(frame)
+            if self._held is not None:
+                self._held.append(frame)
+            else:
+                self._handle(frame)
         if error is not None and not self.closing:
             self.fail(error)
 
@@ -102,6 +122,10 @@ class StompConnection(asyncio.Protocol):
         for sub in list(self.subscriptions.values()):
             self.end_subscription(sub)
         self.transactions.clear()
+        self.status_subscriptions.clear()
+        self._held = None
+        self._drop_partial()
+        self.broker.budget.forget(self)
         if self.client_id is not None and self.broker.client_ids.get(self.client_id) is self:
             del self.broker.client_ids[self.client_id]
         self.broker.connections.discard(self)
@@ -145,6 +169,80 @@ class StompConnection(asyncio.Protocol):
         if sub.mailbox.kind == "subscription":
             self.broker.router.release(sub.mailbox)
 
+    def describe(self) -> str:
+        """Who this is, for log lines: address, user and client-id."""
+        text = f"{self.peer} (user {self.user.label}"
+        if self.client_id is not None:
+            text += f", client-id {self.client_id!r}"
+        return text + ")"
+
+    def _drop_partial(self) -> None:
+        self.parser.discard()
+        if self.partial:
+            self.broker.budget.set_partial(self, 0)
+
+    def evict_for_memory(self, used: int, limit: int) -> None:
+        """Called by the budget: this connection's unfinished frame is the largest."""
+        size = self.partial
+        log.warning(
+            "broker: memory budget: %s in use of --max-memory %s; closing %s, whose"
+            " unfinished frame holds %s",
+            format_size(used),
+            format_size(limit),
+            self.describe(),
+            format_size(size),
+        )
+        self.fail(  # the WARNING above says it all: the ERROR line stays at INFO
+            ProtocolError(
+                "memory budget exceeded",
+                f"the broker has {format_size(used)} in use of its --max-memory"
+                f" {format_size(limit)}; this connection's unfinished frame of {size} bytes"
+                " was the largest. Send smaller frames or retry later.",
+            )
+        )
+
+    def slow_consumer(self, sub: Subscription) -> None:
+        """Disconnect a consumer whose plain topic subscription is over its limit."""
+        if self.closing:
+            return
+        held = sub.mailbox.held_bytes
+        log.warning(
+            "broker: slow consumer %s: subscription %r on %s holds %s it has not taken"
+            " (limit --max-pending-bytes %s); disconnecting it",
+            self.describe(),
+            sub.id,
+            sub.mailbox.destination,
+            format_size(held),
+            format_size(sub.mailbox.limit_bytes),
+        )
+        # Free its messages now rather than when the socket is finally closed.
+        for s in list(self.subscriptions.values()):
+            self.end_subscription(s)
+        self.fail(  # the WARNING above says it all: the ERROR line stays at INFO
+            ProtocolError(
+                "slow consumer",
+                f"subscription {sub.id!r} on {sub.mailbox.destination} fell"
+                f" {held} bytes behind; read faster (or use a durable subscription on a"
+                " broker with --data-dir, which keeps the backlog on disk)",
+            )
+        )
+
+    # -- CONNECT checked off the loop ----------------------------------------------------
+
+    def hold_frames(self) -> None:
+        """Stop reading and keep later frames until :meth:`release_frames`."""
+        self._held = []
+        self.block_on(_AUTHENTICATING)
+
+    def release_frames(self) -> None:
+        """Handle the frames that arrived during the check, then read again."""
+        held, self._held = self._held, None
+        self.unblock(_AUTHENTICATING)
+        for frame in held or ():
+            if self.closing:
+                return
+            self._handle(frame)
+
     def send_receipt(self, receipt: str) -> None:
         """RECEIPT once every write submitted before it is committed to the store."""
         data = encode_frame("RECEIPT", [("receipt-id", receipt)], version=self.version)
@@ -152,7 +250,18 @@ class StompConnection(asyncio.Protocol):
 
     def fail(self, exc: ProtocolError, frame: Frame | None = None) -> None:
         """Send ERROR and close this connection; others are untouched."""
-        log.info("broker: ERROR to %s: %s (%s)", self.peer, exc.message, exc.detail)
+        if isinstance(exc, AccessDenied):
+            log.warning("broker: refused %s: %s", self.describe(), exc.detail)
+        else:
+            log.log(
+                exc.log_level,
+                "broker: ERROR to %s: %s (%s)",
+                self.describe(),
+                exc.message,
+                exc.detail,
+            )
+        self._held = None
+        self._drop_partial()
         headers = [("message", exc.message), ("content-type", "text/plain")]
         receipt = frame.headers.get("receipt") if frame is not None else None
         if receipt is not None:
@@ -233,7 +342,7 @@ class StompConnection(asyncio.Protocol):
     @property
     def blocked(self) -> bool:
         """True while flow control has stopped reading from this client."""
-        return bool(self._blockers)
+        return bool(self._blockers) and self._blockers != {_AUTHENTICATING}
 
     def block_on(self, blocker: object) -> bool:
         """Stop reading from this client until ``blocker`` calls :meth:`unblock`;

@@ -11,10 +11,14 @@ from vesper.broker.message import Message
 
 if TYPE_CHECKING:
     from vesper.broker.faults import Faults
+    from vesper.broker.memory import MemoryBudget
     from vesper.broker.persistence import Store, StoredMailbox
 
 TOPIC_PREFIX = "/topic/"
 QUEUE_PREFIX = "/queue/"
+#: Under memory pressure, a plain topic subscription holding at least this much is
+#: one of the slow consumers the broker drops to make room.
+SLOW_CONSUMER_FLOOR_BYTES = 1024 * 1024
 
 
 def check_destination(destination: str | None) -> str:
@@ -33,21 +37,43 @@ def check_destination(destination: str | None) -> str:
 class Router:
     """Every queue, durable subscription and topic subscription of one broker."""
 
-    def __init__(self, store: Store, faults: Faults, limit_bytes: int) -> None:
+    def __init__(
+        self, store: Store, faults: Faults, limit_bytes: int, budget: MemoryBudget
+    ) -> None:
         self.store = store
         self.faults = faults
         self.limit_bytes = limit_bytes
+        self.budget = budget
         self.topics: dict[str, list[Mailbox]] = {}
         self.queues: dict[str, Mailbox] = {}
         self.durables: dict[str, Mailbox] = {}
 
-    def _new(self, kind: str, name: str, destination: str, store_id: int | None = None) -> Mailbox:
-        return Mailbox(kind, name, destination, self.store, self.faults, self.limit_bytes, store_id)
+    def _new(
+        self,
+        kind: str,
+        name: str,
+        destination: str,
+        store_id: int | None = None,
+        owner: str = "",
+        last_active: float | None = None,
+    ) -> Mailbox:
+        return Mailbox(
+            kind,
+            name,
+            destination,
+            self.store,
+            self.faults,
+            self.limit_bytes,
+            self.budget,
+            store_id,
+            owner,
+            last_active,
+        )
 
     def recover(self, stored: list[StoredMailbox]) -> None:
         """Recreate the queues and durable subscriptions found in the store."""
         for s in stored:
-            box = self._new(s.kind, s.name, s.destination, s.id)
+            box = self._new(s.kind, s.name, s.destination, s.id, s.owner, s.last_active)
             box.disk_only = s.count
             if s.kind == QUEUE:
                 self.queues[s.destination] = box
@@ -55,20 +81,39 @@ class Router:
                 self.durables[s.name] = box
                 self.topics.setdefault(s.destination, []).append(box)
 
-    def route(self, message: Message) -> list[Mailbox]:
-        """Hand a message to its destination; returns the mailboxes now over their limit."""
+    def route(self, message: Message) -> list[Mailbox | MemoryBudget]:
+        """Hand a message to its destination; returns what its publisher must wait for:
+        memory-only mailboxes over their limit, or the budget when memory is short.
+
+        Mailboxes that can spill to disk do so by themselves. A plain topic
+        subscription over its limit is never waited for: its consumer is too slow and
+        is disconnected, so that it cannot hold up the publisher or the other
+        subscribers (unless fault injection paused deliveries: then nobody is slow).
+        """
         dest = message.destination
         if dest.startswith(TOPIC_PREFIX):
             boxes = self.topics.get(dest)
             if not boxes:
                 return []
+            boxes = list(boxes)  # a slow consumer's mailbox is removed on the way
         else:
             boxes = [self.queue(dest)]
-        full = []
+        budget = self.budget
+        full: list[Mailbox | MemoryBudget] = []
         for box in boxes:
+            if box.closed:
+                continue
             box.push(message)
-            if box.pending_bytes > box.limit_bytes and not box.stored:
-                full.append(box)
+            if box.stored:
+                continue
+            over_own = box.pending_bytes > box.limit_bytes
+            if not over_own and not budget.held_full():
+                continue
+            if box.kind == PRIVATE and not self.faults.paused:
+                if over_own or box.pending_bytes >= SLOW_CONSUMER_FLOOR_BYTES:
+                    box.overflow()
+                continue
+            full.append(box if over_own else budget)
         return full
 
     def queue(self, destination: str) -> Mailbox:
@@ -77,7 +122,7 @@ class Router:
             box = self.queues[destination] = self._new(QUEUE, destination, destination)
         return box
 
-    def durable(self, name: str, destination: str) -> Mailbox:
+    def durable(self, name: str, destination: str, owner: str = "") -> Mailbox:
         """The durable subscription ``name``; made anew if it was on another topic."""
         box = self.durables.get(name)
         if box is not None and box.destination != destination:
@@ -85,7 +130,7 @@ class Router:
             self.delete_durable(name)
             box = None
         if box is None:
-            box = self.durables[name] = self._new(DURABLE, name, destination)
+            box = self.durables[name] = self._new(DURABLE, name, destination, owner=owner)
             self.topics.setdefault(destination, []).append(box)
         return box
 

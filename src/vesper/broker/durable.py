@@ -21,6 +21,12 @@ def _rabbit_name(headers: dict[str, str], sub_id: str, destination: str) -> str:
     return "rabbitmq:" + (headers.get("x-queue-name") or f"{sub_id}@{destination}")
 
 
+def activemq_prefix(client_id: str) -> str:
+    """The start of every ActiveMQ-style name of ``client_id``. A ``:`` (and ``\\``) in
+    the client-id is escaped, so no other client-id's names share the prefix."""
+    return "activemq:" + client_id.replace("\\", "\\\\").replace(":", "\\c") + ":"
+
+
 def _activemq_name(amq: str, client_id: str | None) -> str:
     """ActiveMQ keys a durable subscription on (client-id, subscriptionName)."""
     if not client_id:
@@ -28,7 +34,7 @@ def _activemq_name(amq: str, client_id: str | None) -> str:
             "durable subscription needs a client-id",
             f"{AMQ_NAME}:{amq} requires a client-id header on CONNECT",
         )
-    return f"activemq:{client_id}:{amq}"
+    return activemq_prefix(client_id) + amq
 
 
 def subscribe_name(

@@ -1,5 +1,7 @@
 """Errors raised by the embedded STOMP broker."""
 
+import logging
+
 from vesper.errors import VesperError
 
 
@@ -8,7 +10,7 @@ class BrokerError(VesperError):
 
 
 class BrokerConfigError(BrokerError):
-    """A broker setting (port, limit, fault fraction, users file) has an invalid value."""
+    """A broker setting (port, limit, fault fraction, users file, TLS file) is invalid."""
 
 
 class ProtocolError(BrokerError):
@@ -16,6 +18,9 @@ class ProtocolError(BrokerError):
 
     ``message`` becomes the ERROR frame's ``message`` header; ``detail`` its body.
     """
+
+    log_level = logging.INFO
+    """How the broker logs it: client mistakes are INFO, refusals WARNING."""
 
     def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
@@ -31,3 +36,20 @@ class BrokerStartError(BrokerError):
 
 class ControlError(BrokerError):
     """A control-channel request was refused (channel disabled, bad JSON, unknown setting)."""
+
+
+class AccessDenied(ProtocolError):
+    """An authenticated client asked for something its user may not do.
+
+    Like every ProtocolError it becomes an ERROR frame and a close; the broker also logs
+    it at WARNING, naming the user and the destination.
+    """
+
+    log_level = logging.WARNING
+
+
+class LimitExceeded(ProtocolError):
+    """A client went past a limit meant to protect the broker (too many
+    subscriptions); logged at WARNING like an access refusal."""
+
+    log_level = logging.WARNING

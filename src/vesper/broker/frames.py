@@ -103,6 +103,16 @@ class FrameParser:
         # (command, headers, body_start, content_length or -1, next NUL search offset).
         self._pending: tuple[str, dict[str, str], int, int, int] | None = None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished frame held until the rest arrives."""
+        return len(self._buf)
+
+    def discard(self) -> None:
+        """Drop what is buffered (the connection is closing)."""
+        self._buf = bytearray()
+        self._pending = None
+
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the frames they complete.
 

@@ -5,14 +5,20 @@ topic subscription is a mailbox that outlives its consumers. A plain topic
 subscription has a private mailbox that dies with it.
 
 With a persistent store, queue and durable mailboxes write every entry to it and keep
-at most ``max_pending_bytes`` of undelivered entries in memory: beyond that, new
-entries stay on disk only ("disk_only") and are loaded back in order as consumers
-drain the head. Without one, a mailbox over its limit pauses the publishers that feed
-it (flow control) until it drains to half.
+at most ``max_pending_bytes`` of undelivered entries in memory (less while the
+broker's memory budget is under pressure): beyond that, new entries stay on disk only
+("disk_only") and are loaded back in order as consumers drain the head. Without one,
+a queue or durable mailbox over its limit pauses the publishers that feed it (flow
+control) until it drains to half; a plain topic subscription over its limit has a
+consumer that does not keep up, and the router disconnects it instead.
+
+Every byte a mailbox holds in memory (pending or in flight) is counted in the
+broker's ``MemoryBudget``.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
@@ -21,6 +27,7 @@ from vesper.broker.message import Entry, Message
 
 if TYPE_CHECKING:
     from vesper.broker.faults import Faults
+    from vesper.broker.memory import MemoryBudget
     from vesper.broker.persistence import Row, Store
 
 #: Entries read back from the store at a time.
@@ -40,6 +47,7 @@ class Consumer(Protocol):
 
     def ready(self) -> bool: ...
     def deliver(self, entry: Entry) -> None: ...
+    def overflow(self) -> None: ...
 
 
 class Publisher(Protocol):
@@ -59,7 +67,10 @@ class Mailbox:
         store: Store,
         faults: Faults,
         limit_bytes: int,
+        budget: MemoryBudget,
         store_id: int | None = None,
+        owner: str = "",
+        last_active: float | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -67,16 +78,27 @@ class Mailbox:
         self.store = store
         self.faults = faults
         self.limit_bytes = limit_bytes
+        self.budget = budget
+        self.owner = owner
+        """Login of the client that created it ('' = anonymous); durable ones only."""
+        self.last_active = time.time() if last_active is None else last_active
+        """Unix time it last had a consumer; durable subscriptions expire from it."""
         self.idle_limit_bytes = min(limit_bytes, IDLE_LIMIT_BYTES)
         #: Whether entries are written to the store (queues and durable subscriptions).
         self.stored = store.persistent and kind != PRIVATE
         self.id = (
             store_id
             if store_id is not None
-            else (store.create_mailbox(kind, name, destination) if self.stored else 0)
+            else (
+                store.create_mailbox(kind, name, destination, owner, self.last_active)
+                if self.stored
+                else 0
+            )
         )
         self.pending: deque[Entry] = deque()
         self.pending_bytes = 0
+        self.held_bytes = 0
+        """Pending plus in-flight bytes in memory: this mailbox's share of the budget."""
         self.inflight: dict[int, Entry] = {}
         self.disk_only = 0
         """Entries in the store, not in memory; all come after those in ``pending``."""
@@ -104,18 +126,30 @@ class Mailbox:
             store.put(self.id, entry)
             # Nobody is reading: keep only a little in memory, the rest waits on disk.
             limit = self.limit_bytes if self.consumers else self.idle_limit_bytes
-            if self.disk_only or self.pending_bytes > limit:
+            if self.disk_only or self.pending_bytes > limit or self.budget.held_full():
                 self.disk_only += 1
                 return
             self._last_loaded = entry.key
         self.pending.append(entry)
-        self.pending_bytes += message.size
+        size = message.size
+        self.pending_bytes += size
+        self.held_bytes += size
+        self.budget.take(size)
         if self.consumers:
             self.dispatch()
 
     def over_limit(self) -> bool:
         """True when publishers must pause (only mailboxes that cannot spill to disk)."""
         return self.pending_bytes > self.limit_bytes and not self.stored
+
+    def overflow(self) -> None:
+        """A plain topic subscription is over its limit: its consumer is too slow."""
+        for consumer in list(self.consumers):
+            consumer.overflow()
+
+    def _release(self, size: int) -> None:
+        self.held_bytes -= size
+        self.budget.give(size)
 
     def block(self, publisher: Publisher) -> None:
         self.blocked.add(publisher)
@@ -129,10 +163,18 @@ class Mailbox:
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)
+        self.touch()
         self.dispatch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
         self.consumers.remove(consumer)
+        self.touch()
+
+    def touch(self) -> None:
+        """Record that it is in use now (persisted for durable subscriptions)."""
+        self.last_active = time.time()
+        if self.stored and self.kind == DURABLE and not self.closed:
+            self.store.touch(self.id, self.last_active)
 
     def dispatch(self) -> None:
         """Deliver pending entries to ready consumers, round robin."""
@@ -153,7 +195,13 @@ class Mailbox:
             self.pending_bytes -= entry.message.size
             consumer.deliver(entry)
         half = self.limit_bytes // 2
-        if self.disk_only and not self._loading and consumers and self.pending_bytes <= half:
+        if (
+            self.disk_only
+            and not self._loading
+            and consumers
+            and self.pending_bytes <= half
+            and not self.budget.held_full()
+        ):
             self._load()
         if self.blocked and self.pending_bytes <= half:
             self._unblock_all()
@@ -174,14 +222,19 @@ class Mailbox:
 
     def consumed(self, entry: Entry) -> None:
         """The entry is done with (acknowledged, auto-acked or dropped)."""
+        if self.closed:
+            return
         self.inflight.pop(entry.key, None)
-        if self.stored and not self.closed:
+        self._release(entry.message.size)
+        if self.stored:
             self.store.delete(entry.key)
 
     def ack(self, entry: Entry) -> None:
         """Acknowledge an in-flight entry; a second ACK of it (a duplicate) is a no-op."""
-        if self.inflight.pop(entry.key, None) is not None and self.stored and not self.closed:
-            self.store.delete(entry.key)
+        if self.inflight.pop(entry.key, None) is not None and not self.closed:
+            self._release(entry.message.size)
+            if self.stored:
+                self.store.delete(entry.key)
 
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Put unacknowledged entries back at the head, marked redelivered."""
@@ -206,6 +259,7 @@ class Mailbox:
         self.pending.clear()
         self.inflight.clear()
         self.pending_bytes = 0
+        self._release(self.held_bytes)
         self.disk_only = 0
         self._unblock_all()
 
@@ -225,6 +279,8 @@ class Mailbox:
             message = Message(message_id, dest, headers_from_blob(headers), body)
             self.pending.append(Entry(key, message, bool(redelivered)))
             self.pending_bytes += message.size
+            self.held_bytes += message.size
+            self.budget.take(message.size)
         if rows:
             self._last_loaded = rows[-1][0]
             self.disk_only = max(0, self.disk_only - len(rows))

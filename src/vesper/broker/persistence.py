@@ -16,6 +16,7 @@ import dataclasses
 import fcntl
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -34,7 +35,8 @@ CLOSE_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mailboxes (
-    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, destination TEXT NOT NULL
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, destination TEXT NOT NULL,
+    owner TEXT NOT NULL DEFAULT '', last_active REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY, mailbox INTEGER NOT NULL, message_id TEXT NOT NULL,
@@ -59,6 +61,10 @@ class StoredMailbox:
     destination: str
     count: int
     """Entries it holds on disk."""
+    owner: str = ""
+    """The login that created it ('' = an anonymous client)."""
+    last_active: float = 0.0
+    """Unix time it last had a consumer (or was created)."""
 
 
 class Store(Protocol):
@@ -69,8 +75,16 @@ class Store(Protocol):
     async def open(self) -> list[StoredMailbox]: ...
     async def close(self) -> None: ...
     def next_key(self) -> int: ...
-    def create_mailbox(self, kind: str, name: str, destination: str) -> int: ...
+    def create_mailbox(
+        self,
+        kind: str,
+        name: str,
+        destination: str,
+        owner: str = "",
+        last_active: float | None = None,
+    ) -> int: ...
     def delete_mailbox(self, mailbox_id: int) -> None: ...
+    def touch(self, mailbox_id: int, last_active: float) -> None: ...
     def put(self, mailbox_id: int, entry: Entry) -> None: ...
     def delete(self, key: int) -> None: ...
     def mark_redelivered(self, key: int) -> None: ...
@@ -99,11 +113,21 @@ class MemoryStore:
         self._key += 1
         return self._key
 
-    def create_mailbox(self, kind: str, name: str, destination: str) -> int:
+    def create_mailbox(
+        self,
+        kind: str,
+        name: str,
+        destination: str,
+        owner: str = "",
+        last_active: float | None = None,
+    ) -> int:
         self._mailbox += 1
         return self._mailbox
 
     def delete_mailbox(self, mailbox_id: int) -> None:
+        pass
+
+    def touch(self, mailbox_id: int, last_active: float) -> None:
         pass
 
     def put(self, mailbox_id: int, entry: Entry) -> None:
@@ -138,10 +162,12 @@ class _Batch:
         "put_bytes",
         "puts",
         "redelivered",
+        "touches",
     )
 
     def __init__(self) -> None:
-        self.creates: dict[int, tuple[int, str, str, str]] = {}
+        self.creates: dict[int, tuple[int, str, str, str, str, float]] = {}
+        self.touches: dict[int, float] = {}
         self.drops: list[int] = []
         self.puts: dict[int, tuple[int, int, str, bytes, bytes, int]] = {}
         self.redelivered: list[int] = []
@@ -153,11 +179,12 @@ class _Batch:
     def has_db_work(self) -> bool:
         return bool(
             self.creates or self.drops or self.puts or self.redelivered or self.deletes
-        ) or bool(self.loads)
+        ) or bool(self.loads or self.touches)
 
     def absorb(self, later: _Batch) -> None:
         """Append a later batch (used to retry a failed one without reordering)."""
         self.creates.update(later.creates)
+        self.touches.update(later.touches)
         self.drops.extend(later.drops)
         self.puts.update(later.puts)
         self.redelivered.extend(later.redelivered)
@@ -216,13 +243,15 @@ class SqliteStore:
             # FULL: a RECEIPT promises the message survives a power cut, not only a crash.
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            self._migrate(db)
             self._key = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
             self._mailbox = db.execute("SELECT coalesce(max(id), 0) FROM mailboxes").fetchone()[0]
             counts = dict(db.execute("SELECT mailbox, count(*) FROM entries GROUP BY mailbox"))
             stored = [
-                StoredMailbox(mid, kind, name, dest, counts.get(mid, 0))
-                for mid, kind, name, dest in db.execute(
-                    "SELECT id, kind, name, destination FROM mailboxes ORDER BY id"
+                StoredMailbox(mid, kind, name, dest, counts.get(mid, 0), owner, active)
+                for mid, kind, name, dest, owner, active in db.execute(
+                    "SELECT id, kind, name, destination, owner, last_active"
+                    " FROM mailboxes ORDER BY id"
                 )
             ]
         except sqlite3.Error as exc:
@@ -230,6 +259,17 @@ class SqliteStore:
             raise BrokerConfigError(f"{self.path} is not a usable broker database: {exc}") from exc
         self._db = db
         return stored
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Add the owner and last_active columns to a database made before them."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(mailboxes)")}
+        if "owner" not in columns:
+            db.execute("ALTER TABLE mailboxes ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        if "last_active" not in columns:
+            db.execute("ALTER TABLE mailboxes ADD COLUMN last_active REAL NOT NULL DEFAULT 0")
+            # Their real last use is unknown: count from now, not from 1970.
+            db.execute("UPDATE mailboxes SET last_active = ?", (time.time(),))
 
     async def close(self) -> None:
         if self._loop is not None and self._db is not None:
@@ -252,16 +292,36 @@ class SqliteStore:
         self._key += 1
         return self._key
 
-    def create_mailbox(self, kind: str, name: str, destination: str) -> int:
+    def create_mailbox(
+        self,
+        kind: str,
+        name: str,
+        destination: str,
+        owner: str = "",
+        last_active: float | None = None,
+    ) -> int:
+        """A new queue or durable subscription; ``last_active`` defaults to now."""
         self._mailbox += 1
-        self._batch.creates[self._mailbox] = (self._mailbox, kind, name, destination)
+        when = time.time() if last_active is None else last_active
+        row = (self._mailbox, kind, name, destination, owner, when)
+        self._batch.creates[self._mailbox] = row
         self._schedule()
         return self._mailbox
+
+    def touch(self, mailbox_id: int, last_active: float) -> None:
+        batch = self._batch
+        row = batch.creates.get(mailbox_id)
+        if row is not None:
+            batch.creates[mailbox_id] = (*row[:5], last_active)
+        else:
+            batch.touches[mailbox_id] = last_active
+            self._schedule()
 
     def delete_mailbox(self, mailbox_id: int) -> None:
         batch = self._batch
         for key in [k for k, row in batch.puts.items() if row[1] == mailbox_id]:
             self._cancel_put(key)
+        batch.touches.pop(mailbox_id, None)
         if batch.creates.pop(mailbox_id, None) is None:
             batch.drops.append(mailbox_id)
         self._schedule()
@@ -366,7 +426,14 @@ class SqliteStore:
     def _write(self, batch: _Batch) -> list[list[Row]]:
         db = self._db
         assert db is not None
-        if batch.creates or batch.drops or batch.puts or batch.redelivered or batch.deletes:
+        if (
+            batch.creates
+            or batch.drops
+            or batch.puts
+            or batch.redelivered
+            or batch.deletes
+            or batch.touches
+        ):
             db.execute("BEGIN")
             try:
                 for mid in batch.drops:
@@ -374,7 +441,12 @@ class SqliteStore:
                     db.execute("DELETE FROM mailboxes WHERE id = ?", (mid,))
                 if batch.creates:
                     db.executemany(
-                        "INSERT INTO mailboxes VALUES (?, ?, ?, ?)", batch.creates.values()
+                        "INSERT INTO mailboxes VALUES (?, ?, ?, ?, ?, ?)", batch.creates.values()
+                    )
+                if batch.touches:
+                    db.executemany(
+                        "UPDATE mailboxes SET last_active = ? WHERE id = ?",
+                        [(when, mid) for mid, when in batch.touches.items()],
                     )
                 if batch.puts:
                     db.executemany(
@@ -396,7 +468,7 @@ class SqliteStore:
                 raise
             # Committed: should the loads below fail, a retry must not write twice.
             batch.creates, batch.drops, batch.puts = {}, [], {}
-            batch.redelivered, batch.deletes = [], []
+            batch.redelivered, batch.deletes, batch.touches = [], [], {}
         return [
             db.execute(
                 "SELECT id, message_id, headers, body, redelivered FROM entries"

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -23,14 +24,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vesper.broker.config import BrokerConfig
-from vesper.broker.control import DISCONNECT, send_control
+from vesper.broker.control import DISCONNECT, FAULTS, broker_status, send_control
 from vesper.broker.errors import BrokerStartError
 from vesper.broker.faults import Faults
 from vesper.broker.server import Broker
 
 T = TypeVar("T")
 
-READY_RE = re.compile(rb"vesper broker listening on stomp://\[?([^\]\s]*?)\]?:(\d+)\s")
+READY_RE = re.compile(rb"vesper broker listening on (stomp(?:\+ssl)?)://\[?([^\]\s]*?)\]?:(\d+)\s")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
@@ -39,7 +40,8 @@ class BrokerThread:
     """A broker on its own event loop in a daemon thread."""
 
     def __init__(self, config: BrokerConfig | None = None) -> None:
-        self.broker = Broker(config or BrokerConfig(port=0))
+        # The default is for tests: a free loopback port, anonymous clients welcome.
+        self.broker = Broker(config or BrokerConfig(port=0, allow_anonymous=True))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -124,8 +126,18 @@ class BrokerThread:
         self.stop()
 
 
+def _path(value: Path | str | None) -> Path | None:
+    return Path(value) if value is not None else None
+
+
 class BrokerProcess:
-    """``python -m vesper.broker`` as a child process, with its log kept in a file."""
+    """``python -m vesper.broker`` as a child process, with its log kept in a file.
+
+    It needs ``users`` or ``allow_anonymous``, like the broker itself. The control
+    helpers (``set_faults`` ...) log in as ``control_login`` when there are users; over
+    TLS they trust ``tls_cert`` itself unless ``control_ssl`` says otherwise (pass one
+    with a client certificate when ``tls_ca`` requires it).
+    """
 
     def __init__(
         self,
@@ -134,14 +146,30 @@ class BrokerProcess:
         host: str = "127.0.0.1",
         port: int = 0,
         control: bool = True,
+        allow_anonymous: bool = False,
+        users: Path | str | None = None,
+        tls_cert: Path | str | None = None,
+        tls_key: Path | str | None = None,
+        tls_ca: Path | str | None = None,
+        control_login: tuple[str, str] | None = None,
+        control_ssl: ssl.SSLContext | None = None,
         args: Sequence[str] = (),
         log_path: Path | str | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.data_dir = _path(data_dir)
         self.host = host
         self.port = port
         """Listening port; chosen by the first start when 0, then kept across restarts."""
         self.control = control
+        self.allow_anonymous = allow_anonymous
+        self.users = _path(users)
+        self.tls_cert = _path(tls_cert)
+        self.tls_key = _path(tls_key)
+        self.tls_ca = _path(tls_ca)
+        self.control_login = control_login
+        self.control_ssl = control_ssl
+        self.scheme = "stomp+ssl" if self.tls_cert is not None else "stomp"
+        """From the ready line: ``stomp`` or ``stomp+ssl``."""
         self.args = list(args)
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="vesper-broker-", suffix=".log")
@@ -157,7 +185,21 @@ class BrokerProcess:
             cmd += ["--data-dir", str(self.data_dir)]
         if self.control:
             cmd.append("--control")
+        if self.allow_anonymous:
+            cmd.append("--allow-anonymous")
+        for option, value in (
+            ("--users", self.users),
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-ca", self.tls_ca),
+        ):
+            if value is not None:
+                cmd += [option, str(value)]
         return cmd + self.args
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = START_TIMEOUT_S) -> BrokerProcess:
         """Start and wait until the broker listens; raise BrokerStartError with its log."""
@@ -174,7 +216,8 @@ class BrokerProcess:
                 log.seek(offset)
                 match = READY_RE.search(log.read())
             if match:
-                self.port = int(match.group(2))
+                self.scheme = match.group(1).decode()
+                self.port = int(match.group(3))
                 return self
             if self._proc.poll() is not None:
                 raise BrokerStartError(
@@ -230,23 +273,39 @@ class BrokerProcess:
         except OSError:
             return ""
 
+    def _control_options(self) -> dict[str, Any]:
+        login, passcode = self.control_login or (None, None)
+        context = self.control_ssl
+        if context is None and self.tls_cert is not None:
+            # Our own child on a known address: trust exactly its certificate.
+            context = ssl.create_default_context(cafile=str(self.tls_cert))
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        return {"login": login, "passcode": passcode, "ssl_context": context}
+
+    def _control(self, request: dict[str, Any], destination: str = FAULTS) -> None:
+        send_control(self.host, self.port, request, destination, **self._control_options())
+
     def set_faults(self, **settings: Any) -> None:
         """Change fault injection, e.g. ``set_faults(drop=0.1, duplicate=0.1)``."""
-        send_control(self.host, self.port, settings)
+        self._control(settings)
 
     def reset_faults(self) -> None:
-        send_control(self.host, self.port, {"reset": True})
+        self._control({"reset": True})
 
     def pause(self) -> None:
-        send_control(self.host, self.port, {"paused": True})
+        self._control({"paused": True})
 
     def resume(self) -> None:
-        send_control(self.host, self.port, {"paused": False})
+        self._control({"paused": False})
 
     def disconnect_clients(self, client_id: str | None = None) -> None:
         """Drop every client connection (or those of one client-id)."""
         request = {"client_id": client_id} if client_id else {}
-        send_control(self.host, self.port, request, DISCONNECT)
+        self._control(request, DISCONNECT)
+
+    def status(self) -> dict[str, Any]:
+        """``Broker.stats()`` of the child, from ``/vesper-control/status``."""
+        return broker_status(self.host, self.port, **self._control_options())
 
     def __enter__(self) -> BrokerProcess:
         return self.start()

@@ -111,6 +111,10 @@ class Subscription:
         if not self.closed:
             self.connection.write_parts(parts, size)
 
+    def overflow(self) -> None:
+        """Its mailbox is over its limit because this consumer does not keep up."""
+        self.connection.slow_consumer(self)
+
     def holds(self, key: str) -> bool:
         return key in self.unacked
 

@@ -57,8 +57,13 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_stop)
+    # The demo's broker listens on loopback only, so its nodes connect anonymously.
     broker = BrokerProcess(
-        work / "broker", port=args.broker_port, control=False, log_path=work / "broker.log"
+        work / "broker",
+        port=args.broker_port,
+        control=False,
+        allow_anonymous=True,
+        log_path=work / "broker.log",
     )
     nodes: list[subprocess.Popen[bytes]] = []
     try:
