@@ -1,5 +1,11 @@
 """Suite-wide options: ``--mq host:port`` points the replication tests at a broker that
-is already running (ActiveMQ, RabbitMQ, ...) instead of the embedded one they start."""
+is already running (ActiveMQ, RabbitMQ, ...) instead of the embedded one they start.
+
+The ``--mq-tls``, ``--mq-ca``, ``--mq-channel``, ``--mq-user`` and
+``--mq-readonly-user`` options describe that broker's TLS listener and limited users,
+as ``scripts/brokers/{activemq,rabbitmq}.sh`` write them to ``DIR/access.env``; the
+tests of ``tests/replication/test_broker_access.py`` that need them skip without them.
+"""
 
 from __future__ import annotations
 
@@ -15,3 +21,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the replication tests against this STOMP broker instead of starting "
         "the embedded one (tests that must kill or restart brokers keep using their own)",
     )
+    for option, metavar, text in (
+        ("--mq-tls", "HOST:PORT", "the --mq broker's STOMP-over-TLS listener"),
+        ("--mq-ca", "FILE", "PEM authority that signed the --mq-tls listener's certificate"),
+        ("--mq-channel", "NAME", "the one channel --mq-user and --mq-readonly-user may use"),
+        ("--mq-user", "NAME:PASS", "a broker user with only the rights of a node on --mq-channel"),
+        ("--mq-readonly-user", "NAME:PASS", "a broker user who may only subscribe to --mq-channel"),
+    ):
+        parser.addoption(option, action="store", default=None, metavar=metavar, help=text)

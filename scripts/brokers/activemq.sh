@@ -1,28 +1,130 @@
 #!/usr/bin/env bash
-# Starts or stops a private ActiveMQ instance with a STOMP listener on loopback.
-#   activemq.sh start DIR PORT   (returns once STOMP accepts connections)
+# Starts or stops a private ActiveMQ instance with STOMP listeners on loopback.
+#   activemq.sh start DIR PORT   (returns once both STOMP listeners accept connections)
 #   activemq.sh stop DIR
-# The distribution's configuration has no STOMP connector: we copy it and replace the
-# connectors with one stomp:// listener (see docs/replication.md).
+# Ports: PORT STOMP, PORT+1 STOMP over TLS (reserve them with `free-port.py 2`).
+# The distribution's configuration has no STOMP connector, so we write our own: its
+# broker and KahaDB store, two STOMP connectors, logins and permissions (see
+# docs/replication.md).
+#
+# Access (for tests/replication/test_broker_access.py), written to DIR/access.env:
+# - clients that CONNECT without login are the anonymous user, with every right.
+# - the TLS listener uses DIR/tls/{vesper-test-ca.ca.pem,server.pem,server.key}
+#   (written by `python -m tests.tlsutil DIR/tls` when absent, with $VESPER_PYTHON or
+#   the project's .venv) as a PKCS12 keystore.
+# - vesper-node may do what a node on the one channel $ACTIVEMQ_ACL_CHANNEL (default
+#   vesper-acl) needs; vesper-reader may only subscribe to that channel's topics.
 set -euo pipefail
 cmd=${1:?usage: activemq.sh start DIR PORT | stop DIR}
 dir=$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+python=${VESPER_PYTHON:-$repo/.venv/bin/python}
 home=/usr/share/activemq
+secret() { head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 case "$cmd" in
 start)
     port=${3:?PORT}
+    tls_port=$((port + 1))
+    channel=${ACTIVEMQ_ACL_CHANNEL:-vesper-acl}
     mkdir -p "$dir/conf" "$dir/data"
     cp /etc/activemq/instances-available/main/log4j2.properties "$dir/conf/" 2>/dev/null || true
-    sed -e "s#<transportConnector name=\"openwire\"[^>]*/>#<transportConnector name=\"stomp\" uri=\"stomp://127.0.0.1:${port}?transport.hbGracePeriodMultiplier=1.5\&amp;transport.tcpNoDelay=true\"/>#" \
-        /etc/activemq/instances-available/main/activemq.xml > "$dir/conf/activemq.xml"
-    grep -q "stomp://127.0.0.1:${port}" "$dir/conf/activemq.xml"
+    if [ ! -f "$dir/tls/server.pem" ]; then
+        (cd "$repo" && "$python" -m tests.tlsutil "$dir/tls" >/dev/null)
+    fi
+    store_pass=$(secret) node_pass=$(secret) reader_pass=$(secret)
+    # Java reads PKCS12 keystores directly: no keytool needed.
+    "$python" - "$dir/tls" "$store_pass" <<'PY'
+import os
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+tls, password = Path(sys.argv[1]), sys.argv[2].encode()
+key = serialization.load_pem_private_key((tls / "server.key").read_bytes(), None)
+cert = x509.load_pem_x509_certificate((tls / "server.pem").read_bytes())
+ca = x509.load_pem_x509_certificate((tls / "vesper-test-ca.ca.pem").read_bytes())
+store = pkcs12.serialize_key_and_certificates(
+    b"broker", key, cert, [ca], serialization.BestAvailableEncryption(password)
+)
+with os.fdopen(os.open(tls / "server.p12", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+    f.write(store)
+PY
+    # Connections without login are the anonymous user (group "anonymous"), so the
+    # ordinary --mq runs need no credentials. Per destination, read = SUBSCRIBE, write =
+    # SEND, admin = create it when first used; the catch-all ">" entries grant only
+    # anonymous, the channel's entries add the two users. Every CONNECT creates the advisory topic
+    # ActiveMQ.Advisory.Connection in the client's name, so every user needs admin there
+    # (nothing else: the broker writes advisories itself). SUBSCRIBE needs no admin,
+    # even to a topic that does not exist yet.
+    opts="transport.hbGracePeriodMultiplier=1.5&amp;transport.tcpNoDelay=true"
+    cat > "$dir/conf/activemq.xml" <<XML
+<beans xmlns="http://www.springframework.org/schema/beans"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+  xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
+  http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false"
+          brokerName="localhost" dataDirectory="\${activemq.base}/data">
+    <persistenceAdapter>
+      <kahaDB directory="\${activemq.base}/data/kahadb"/>
+    </persistenceAdapter>
+    <plugins>
+      <simpleAuthenticationPlugin anonymousAccessAllowed="true"
+          anonymousUser="anonymous" anonymousGroup="anonymous">
+        <users>
+          <authenticationUser username="vesper-node" password="$node_pass" groups="nodes"/>
+          <authenticationUser username="vesper-reader" password="$reader_pass" groups="readers"/>
+        </users>
+      </simpleAuthenticationPlugin>
+      <authorizationPlugin>
+        <map>
+          <authorizationMap>
+            <authorizationEntries>
+              <authorizationEntry queue="&gt;" read="anonymous" write="anonymous" admin="anonymous"/>
+              <authorizationEntry topic="&gt;" read="anonymous" write="anonymous" admin="anonymous"/>
+              <authorizationEntry topic="$channel" read="anonymous,nodes,readers"
+                  write="anonymous,nodes" admin="anonymous,nodes"/>
+              <authorizationEntry topic="$channel.sync" read="anonymous,nodes,readers"
+                  write="anonymous,nodes" admin="anonymous,nodes"/>
+              <authorizationEntry queue="$channel.&gt;" read="anonymous,nodes"
+                  write="anonymous,nodes" admin="anonymous,nodes"/>
+              <authorizationEntry topic="ActiveMQ.Advisory.&gt;" read="anonymous"
+                  write="anonymous" admin="anonymous,nodes,readers"/>
+            </authorizationEntries>
+          </authorizationMap>
+        </map>
+      </authorizationPlugin>
+    </plugins>
+    <sslContext>
+      <sslContext keyStore="file:$dir/tls/server.p12" keyStorePassword="$store_pass"
+          keyStoreType="PKCS12"/>
+    </sslContext>
+    <transportConnectors>
+      <transportConnector name="stomp" uri="stomp://127.0.0.1:$port?$opts"/>
+      <transportConnector name="stomp-ssl" uri="stomp+ssl://127.0.0.1:$tls_port?$opts"/>
+    </transportConnectors>
+  </broker>
+</beans>
+XML
+    chmod 600 "$dir/conf/activemq.xml"
     java -Xmx512M -Dactivemq.base="$dir" -Dactivemq.home="$home" -Dactivemq.conf="$dir/conf" \
         -Dactivemq.data="$dir/data" -jar "$home/bin/activemq.jar" \
         start "xbean:file:$dir/conf/activemq.xml" > "$dir/activemq.log" 2>&1 &
     echo $! > "$dir/activemq.pid"
+    (umask 077 && cat > "$dir/access.env") <<ENV
+MQ_TLS=127.0.0.1:$tls_port
+MQ_CA=$dir/tls/vesper-test-ca.ca.pem
+MQ_CHANNEL=$channel
+MQ_USER=vesper-node:$node_pass
+MQ_READONLY_USER=vesper-reader:$reader_pass
+ENV
     for _ in $(seq 1 120); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "activemq: stomp://127.0.0.1:$port (pid $(cat "$dir/activemq.pid"), log $dir/activemq.log)"
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+            (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null; then
+            echo "activemq: stomp://127.0.0.1:$port stomp+ssl://127.0.0.1:$tls_port" \
+                "(pid $(cat "$dir/activemq.pid"), access $dir/access.env, log $dir/activemq.log)"
             exit 0
         fi
         kill -0 "$(cat "$dir/activemq.pid")" 2>/dev/null || break

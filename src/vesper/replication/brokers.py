@@ -26,13 +26,29 @@ class BrokerProfile:
         on the subscription id, with durable:true and auto-delete:false (otherwise the
         queue is deleted on disconnect). The embedded broker takes either; headers of
         the other style are harmless elsewhere, but we send only what each needs.
+
+        On RabbitMQ the queue is named here (``x-queue-name``) under the channel's own
+        prefix, ``<channel>.<branch>~changesets`` (and ``~sync`` for announcements):
+        its default name
+        (``stomp-subscription-<hash>``) is one namespace for every channel, so no
+        permission regex could keep a user of one channel off another channel's
+        queues. Branch ids hold no ``.`` or ``~``, so this never names a node queue.
         """
         headers = {"activemq.prefetchSize": str(PREFETCH), "prefetch-count": str(PREFETCH)}
         if self.name in ("activemq", "unknown"):
             headers["activemq.subscriptionName"] = f"vesper-{channel}-{branch_id}"
         if self.name in ("rabbitmq", "vesper", "unknown"):
             headers.update({"durable": "true", "auto-delete": "false"})
+        if self.name == "rabbitmq":
+            headers["x-queue-name"] = subscription_queue(channel, branch_id)
         return headers
+
+    def sync_topic_headers(self, branch_id: str, channel: str) -> dict[str, str]:
+        """SUBSCRIBE headers for the live (non-durable) announcements subscription:
+        on RabbitMQ its auto-deleted queue is named under the channel's prefix too."""
+        if self.name == "rabbitmq":
+            return {"x-queue-name": f"{channel}.{branch_id}~sync"}
+        return {}
 
     def queue_headers(self) -> dict[str, str]:
         # Queues are durable on every broker by default (RabbitMQ declares /queue/
@@ -49,6 +65,11 @@ def detect(server: str | None, configured: str | None = None) -> BrokerProfile:
         if lowered.startswith(name):
             return BrokerProfile(name, server)
     return BrokerProfile("unknown", server)
+
+
+def subscription_queue(channel: str, branch_id: str) -> str:
+    """The RabbitMQ queue that holds a node's durable subscription to a channel."""
+    return f"{channel}.{branch_id}~changesets"
 
 
 def client_id(branch_id: str) -> str:

@@ -120,7 +120,8 @@ class StompLink(stomp.ConnectionListener):
             headers = self.profile.durable_topic_headers(self._branch_id, channel)
         elif kind == wire.ANNOUNCE:
             # Announcements are only useful live: a plain subscription.
-            destination, headers, ack = wire.sync_topic(channel), {}, "auto"
+            destination, ack = wire.sync_topic(channel), "auto"
+            headers = self.profile.sync_topic_headers(self._branch_id, channel)
         else:
             destination = wire.node_queue(channel, self._branch_id)
             headers = self.profile.queue_headers()
