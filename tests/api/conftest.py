@@ -1,11 +1,12 @@
 """Fixtures that run ``vesper serve`` as a real subprocess on a free port.
 
-Each node logs to a file; its URL is read from the ``serving http://...`` line with a
+Each node logs to a file; its URL is read from the ``serving http(s)://...`` line with a
 deadline, and any failure to start shows the log. Nodes are stopped in ``finally``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -19,24 +20,27 @@ import pytest
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-URL_RE = re.compile(r"serving (http://\S+)")
+URL_RE = re.compile(r"serving (https?://\S+)")
 FAULTY_NODE = Path(__file__).with_name("faulty_node.py")
 
 
 class NodeProcess:
     """One ``vesper serve`` subprocess, its log file and its URL."""
 
-    def __init__(self, args: list[str], cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], cwd: Path, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.args = args
         self.cwd = cwd
         self.log_path = log_path
+        self.env = {**os.environ, **env} if env else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self) -> NodeProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.args, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
+                self.args, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, env=self.env
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -108,16 +112,22 @@ def node_command(config: Path | None, *overrides: str, faulty: bool = False) -> 
 
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[StartNode]:
-    """``start_node(config_text, *overrides, faulty=False)``: a started node in tmp_path.
+    """``start_node(config_text, *overrides, faulty=False, env=None)``: a started node
+    in tmp_path; ``env`` adds environment variables (faulty_node.py reads some).
 
     Every node started is stopped (SIGKILL if still running) when the test ends.
     """
     nodes: list[NodeProcess] = []
 
-    def start(config_text: str | None = None, *overrides: str, faulty: bool = False) -> NodeProcess:
+    def start(
+        config_text: str | None = None,
+        *overrides: str,
+        faulty: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> NodeProcess:
         config = write_config(tmp_path, config_text) if config_text is not None else None
         log = tmp_path / f"node-{len(nodes)}.log"
-        node = NodeProcess(node_command(config, *overrides, faulty=faulty), tmp_path, log)
+        node = NodeProcess(node_command(config, *overrides, faulty=faulty), tmp_path, log, env)
         nodes.append(node)
         return node.start()
 

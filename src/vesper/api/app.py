@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from vesper.api import history, objects, openapi, status, transaction
+from vesper.api import history, objects, openapi, ready, status, transaction
+from vesper.api.auth import authenticator_for
 from vesper.api.context import ApiContext
 from vesper.api.errors import EXCEPTION_HANDLERS
 from vesper.api.metrics import ApiMetrics
@@ -32,6 +33,7 @@ def create_app(
         *transaction.routes(ctx),
         *history.routes(ctx),
         *status.routes(ctx),
+        *ready.routes(ctx),
         *openapi.routes(),
     ]
     # Plain Starlette, not FastAPI: FastAPI's per-request dependency and validation
@@ -40,4 +42,8 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     app.state.context = ctx
     limit = max_body_bytes if max_body_bytes is not None else node.settings.api_max_body_bytes
-    return RequestGuard(app, limit, metrics)
+    settings = node.settings
+    auth = authenticator_for(
+        settings.api_token, settings.api_read_token, settings.api_metrics_public, metrics
+    )
+    return RequestGuard(app, limit, metrics, auth)

@@ -2,7 +2,8 @@
 
 Handlers raise VesperError (from the core) or HttpError (request problems found by the
 API itself); nothing else is expected. Anything else is a bug: it answers 500, is
-logged with its traceback, and the node keeps serving.
+logged with its traceback, and the node keeps serving. A client that goes away is not
+an error of the node: it is logged at debug level and counted with status 499.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from vesper.errors import (
@@ -51,6 +52,18 @@ STATUS_OF: dict[type[VesperError], int] = {
 
 #: Seconds a client should wait before retrying a 503 caused by a retryable error.
 RETRY_AFTER_S = 1
+
+#: Status recorded in the metrics (never sent) for a request whose client went away
+#: before the answer was complete, as nginx does.
+CLIENT_GONE = 499
+#: Status recorded for a request the server gave up on because its body came too slowly.
+TIMED_OUT = 408
+#: Scope key under which the server, or a response that failed midway, records the
+#: status the metrics should count instead of the one the answer started with.
+OUTCOME = "vesper.outcome"
+#: Scope key of a callable the server provides to abort the connection at once (the
+#: answer's end is never sent), for a streamed answer that fails midway.
+ABORT = "vesper.abort"
 
 
 class HttpError(Exception):
@@ -109,6 +122,14 @@ async def starlette_http_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, exc.headers)
 
 
+async def client_gone_handler(request: Request, exc: Exception) -> Response:
+    """The client went away before its request was read: nothing to answer, no error."""
+    log.debug("client went away during %s %r", request.method, request.url.path)
+    request.scope.setdefault(OUTCOME, CLIENT_GONE)
+    # Sent to a closed connection, so the server drops it; only the metrics see it.
+    return Response(status_code=CLIENT_GONE)
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     log.error("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__}); see the node's log")
@@ -118,5 +139,6 @@ EXCEPTION_HANDLERS = {
     VesperError: vesper_error_handler,
     HttpError: http_error_handler,
     HTTPException: starlette_http_handler,
+    ClientDisconnect: client_gone_handler,
     Exception: unexpected_error_handler,
 }

@@ -1,19 +1,24 @@
 """JSON in and out without pydantic: raw bodies through orjson, strict query strings.
 
 Hot paths read the raw body once and hand the parsed value to the store, which
-validates documents itself; the OpenAPI document describes the same shapes.
+validates documents itself; the OpenAPI document describes the same shapes. Every
+JSON body and JSON parameter goes through vesper.document.strict_json, which refuses
+duplicate keys and integers outside the signed 64-bit range (orjson alone would keep
+the last key and turn the integer into a float).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from vesper.api.errors import JSON_TYPE, HttpError
+from vesper.document import strict_json
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -26,14 +31,9 @@ def raw_json_response(text: str | bytes, status: int = 200) -> Response:
 
 
 async def read_json(request: Request, what: str = "request body") -> Any:
-    """The parsed JSON body; HttpError 400 naming the problem when it is not JSON."""
-    body = await request.body()
-    if not body.strip():
-        raise HttpError(400, f"{what} is empty: expected JSON")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise HttpError(400, f"{what} is not valid JSON: {exc}") from None
+    """The parsed JSON body; InvalidDocument (400) naming the problem when it is not
+    JSON, repeats a key or holds an integer out of range."""
+    return strict_json.loads(await request.body(), what)
 
 
 async def read_json_object(request: Request, what: str = "request body") -> dict[str, Any]:
@@ -59,9 +59,15 @@ def json_type(value: object) -> str:
 
 def query_params(request: Request, allowed: Collection[str] = ()) -> dict[str, str]:
     """The query parameters, each given at most once and all of them in ``allowed``."""
-    if not request.scope["query_string"]:
+    query = request.scope["query_string"]
+    if not query:
         return {}
-    items = request.query_params.multi_items()
+    try:
+        # Percent-decoded strictly: decoded leniently, %FF and %FE would both become
+        # U+FFFD (Starlette's request.query_params decodes leniently).
+        items = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise HttpError(400, "the query string is not valid UTF-8 once percent-decoded") from None
     found: dict[str, str] = {}
     for name, value in items:
         if name not in allowed:
@@ -93,10 +99,7 @@ def json_object_param(params: dict[str, str], name: str) -> dict[str, Any] | Non
     text = params.get(name)
     if text is None:
         return None
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise HttpError(400, f"query parameter {name!r} is not valid JSON: {exc}") from None
+    value = strict_json.loads(text, f"query parameter {name!r}")
     if type(value) is not dict:
         raise HttpError(
             400, f"query parameter {name!r} must be a JSON object, got {json_type(value)}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -70,6 +70,32 @@ class ApiMetrics:
             op: self.commits.labels(op)
             for op in ("create", "replace", "update", "delete", "transaction")
         }
+        self.auth_failures = Counter(
+            "vesper_http_auth_failures",
+            "Requests refused for want of a valid token, by reason (missing, "
+            "invalid_token, malformed, read_only)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._auth_children = {
+            reason: self.auth_failures.labels(reason)
+            for reason in ("missing", "invalid_token", "malformed", "read_only")
+        }
+        self.connections_refused = Counter(
+            "vesper_http_connections_refused",
+            "Connections closed on arrival because api_max_connections were open",
+            registry=self.registry,
+        )
+        self.timeouts = Counter(
+            "vesper_http_timeouts",
+            "Connections closed because the client was too slow, by phase (header: "
+            "api_header_timeout, body: api_body_timeout)",
+            ["phase"],
+            registry=self.registry,
+        )
+        self._timeout_children = {p: self.timeouts.labels(p) for p in ("header", "body")}
+        self._open_connections: Callable[[], int] | None = None
+        self.registry.register(_ConnectionsCollector(self))
         self.registry.register(StoreCollector(node))
         self.registry.register(ReplicationCollector(node))
         ProcessCollector(registry=self.registry)
@@ -89,8 +115,38 @@ class ApiMetrics:
     def committed(self, operation: str) -> None:
         self._commit_children[operation].inc()
 
+    def auth_failed(self, reason: str) -> None:
+        self._auth_children[reason].inc()
+
+    def connection_refused(self) -> None:
+        self.connections_refused.inc()
+
+    def timed_out(self, phase: str) -> None:
+        self._timeout_children[phase].inc()
+
+    def watch_connections(self, count: Callable[[], int]) -> None:
+        """Report ``count()`` as the open connections (the server calls this)."""
+        self._open_connections = count
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ConnectionsCollector:
+    """The open HTTP connections, counted by the server when scraped."""
+
+    def __init__(self, metrics: ApiMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        count = self._metrics._open_connections
+        if count is not None:
+            yield GaugeMetricFamily(
+                "vesper_http_connections", "HTTP connections open now", value=count()
+            )
 
 
 class StoreCollector:

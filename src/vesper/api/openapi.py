@@ -350,6 +350,41 @@ PATHS: dict[str, Any] = {
 }
 
 
+#: Paths that never need a token (docs/http-api.md, Authentication).
+OPEN_PATHS = ("/health",)
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "api_token reads and writes, api_read_token only reads (GET, HEAD). "
+        "A node without api_token needs none.",
+    }
+}
+
+
+def _with_token_answers(paths: dict[str, Any]) -> dict[str, Any]:
+    """``paths`` with the 401 (and, for writes, 403) every secured operation can answer."""
+    unauthorized = _json(_ref("Error"), "no valid bearer token (WWW-Authenticate says why)")
+    forbidden = _json(_ref("Error"), "a read-only token cannot write")
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        if path in OPEN_PATHS:
+            out[path] = {
+                m: {**op, "security": []} if m != "parameters" else op for m, op in item.items()
+            }
+            continue
+        out[path] = {}
+        for method, op in item.items():
+            if method == "parameters":
+                out[path][method] = op
+                continue
+            extra = {"401": unauthorized}
+            if method not in ("get", "head"):
+                extra["403"] = forbidden
+            out[path][method] = {**op, "responses": {**op["responses"], **extra}}
+    return out
+
+
 def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -359,8 +394,10 @@ def openapi_document() -> dict[str, Any]:
             "description": "A JSON document datastore with full revision history. "
             'Every error answer is {"error": "..."}.',
         },
-        "paths": PATHS,
-        "components": {"schemas": SCHEMAS},
+        "paths": _with_token_answers(PATHS),
+        "components": {"schemas": SCHEMAS, "securitySchemes": _SECURITY_SCHEMES},
+        # A bearer token, or none on a node without api_token.
+        "security": [{"bearer": []}, {}],
     }
 
 

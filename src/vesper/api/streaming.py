@@ -4,18 +4,27 @@ A list answer may cover the whole store, so it is never built in memory and neve
 scanned on the event loop: a worker thread pulls about ``CHUNK_BYTES`` of items at a
 time and the loop sends them while serving other requests. A result that fits in the
 first chunk goes out as a plain response with a Content-Length.
+
+A streamed answer has sent its 200 before the store is done: if the store fails
+midway (StorageError, StoreDamaged), the connection is aborted, so the answer never
+gets its chunked end and no client can take the truncated body for a whole one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from vesper.api.errors import JSON_TYPE
+from vesper.api.errors import ABORT, JSON_TYPE, OUTCOME, status_of
+from vesper.errors import VesperError
+
+log = logging.getLogger("vesper.api")
 
 #: Bytes of JSON gathered per worker-thread call: large enough that the thread hop is
 #: noise, small enough that no call holds the GIL for long.
@@ -96,7 +105,35 @@ def array_response(
     if batches.done:
         batches.close()
         return Response(head + first + tail, status, media_type=JSON_TYPE)
-    return StreamingResponse(_stream(head + first, batches, tail), status, media_type=JSON_TYPE)
+    return AbortingStream(_stream(head + first, batches, tail), status, media_type=JSON_TYPE)
+
+
+class AbortingStream(StreamingResponse):
+    """A streamed answer that aborts its connection when its body fails midway.
+
+    The failure is logged once, here, at ERROR, and counted with the status it would
+    have had (503 for a storage error) instead of the 200 already sent. The server
+    provides the abort (vesper.api.server); under another server the exception goes
+    on, and the server closes the connection without ending the answer either.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception as exc:
+            failed = status_of(exc) if isinstance(exc, VesperError) else 500
+            scope[OUTCOME] = failed
+            where = f"{scope.get('method')} {scope.get('path')!r}"
+            if isinstance(exc, VesperError):
+                log.error(
+                    "%s failed midway, connection aborted: %s: %s", where, type(exc).__name__, exc
+                )
+            else:
+                log.error("%s failed midway, connection aborted", where, exc_info=exc)
+            abort = scope.get(ABORT)
+            if abort is None:
+                raise
+            abort()
 
 
 async def _stream(start: bytes, batches: ThreadedBatches, tail: bytes) -> AsyncIterator[bytes]:

@@ -19,18 +19,16 @@ from contextlib import contextmanager
 from types import FrameType
 
 import prometheus_client
-import uvicorn
 from starlette.types import ASGIApp
 
 from vesper.api import create_app
+from vesper.api.server import ApiServer, create_server
 from vesper.config import Settings, load_settings, parse_overrides
 from vesper.errors import ConfigError
 from vesper.node import Node
 
 log = logging.getLogger("vesper.serve")
 
-#: Seconds uvicorn waits for requests in flight (long streams) after a stop signal.
-GRACEFUL_SHUTDOWN_S = 30
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 AppFactory = Callable[[Node], ASGIApp]
@@ -77,7 +75,7 @@ def serve(settings: Settings, app_factory: AppFactory = create_app) -> int:
     """Run a node for ``settings`` until a stop signal; returns the exit status."""
     sock = bind_socket(settings.host, settings.port)
     node = Node(settings)
-    server: _Server | None = None
+    server: ApiServer | None = None
 
     def should_stop_now() -> bool:
         # After a graceful stop uvicorn raises the signal again for the previous
@@ -86,19 +84,10 @@ def serve(settings: Settings, app_factory: AppFactory = create_app) -> int:
 
     try:
         with _stop_on_signals(should_stop_now):
+            # Built first: a TLS file that cannot be used is a ConfigError before the
+            # store opens (vesper.api.server has the timeouts, limits and TLS).
+            server = create_server(settings, app_factory(node), node.branch_id)
             node.start()
-            config = uvicorn.Config(
-                app_factory(node),
-                # "auto" takes uvloop and httptools when installed, else asyncio and h11.
-                loop="auto",
-                http="auto",
-                log_config=None,
-                log_level=settings.log_level,
-                access_log=settings.log_level == "debug",
-                server_header=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-            )
-            server = _Server(config, node.branch_id)
             server.run(sockets=[sock])
     except _Stopped:
         pass
@@ -130,25 +119,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
             "(choose another host or port; port = 0 picks a free one)"
         ) from None
     return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, announcing the node's URL once it accepts connections."""
-
-    def __init__(self, config: uvicorn.Config, branch_id: str) -> None:
-        super().__init__(config)
-        self._branch_id = branch_id
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and sockets:
-            # The real port when port = 0: tests and scripts read it from this line.
-            log.info("vesper node %s serving %s", self._branch_id, url_of(sockets[0]))
 
 
 class _Stopped(BaseException):
