@@ -465,6 +465,33 @@ def test_node_user_replicates_over_tls(mq: Access, nodes: Callable[..., Nodes]) 
             _delete_durable(mq, mq.channel, branch)
 
 
+def test_a_node_trusting_another_authority_is_refused_by_the_real_broker(
+    mq: Access, nodes: Callable[..., Nodes], tmp_path: Path
+) -> None:
+    """The broker's certificate is sound, but not signed by the authority this node
+    trusts: the handshake fails, the node says why and sends nothing."""
+    login, passcode = mq.node
+    host, port = mq.tls
+    other = make_ca(tmp_path)
+    group = nodes(
+        mq.channel,
+        replication_hosts=[f"stomp+ssl://{host}:{port}"],
+        replication_tls_ca=str(other.cert_path),
+        replication_login=login,
+        replication_passcode=passcode,
+    )
+    a = group.launch(f"A{fresh('')}")
+    try:
+        refused = f"cannot replicate through {host}:{port}: TLS handshake failed"
+        wait_for(lambda: a.count(refused), DEADLINE_S, lambda: a.log())
+        assert "CERTIFICATE_VERIFY_FAILED" in a.log()
+        a.ready()
+        r = a.replication()
+        assert r["connected"] is None and r["messages_sent"] == 0, r
+    finally:
+        group.kill_all()
+
+
 PUBLISH_ATTACKS = [
     # (who, destination template, why it must fail)
     ("reader", "/topic/{channel}", "the reader may not publish changesets"),
