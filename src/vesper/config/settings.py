@@ -28,6 +28,9 @@ DEFAULT_API_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_REPLICATION_PEER_EXPIRY_S: Final = 7 * 24 * 3600
 DEFAULT_REPLICATION_MAX_PENDING: Final = 100_000
+DEFAULT_REPLICATION_PEER_GONE_AFTER_S: Final = 60
+DEFAULT_REPLICATION_READY_TIMEOUT_S: Final = 60
+DEFAULT_LOG_FORMAT: Final = "text"
 DEFAULT_REPLICATION_TLS_VERIFY: Final = True
 DEFAULT_API_HEADER_TIMEOUT_S: Final = 10.0
 DEFAULT_API_BODY_TIMEOUT_S: Final = 60.0
@@ -38,6 +41,7 @@ MIN_API_TOKEN_CHARS: Final = 16
 
 BROKERS = ("activemq", "rabbitmq", "vesper")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 MAX_PORT = 65535
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -348,6 +352,14 @@ VARIABLES: tuple[Variable, ...] = (
              "seconds after its last announcement a peer leaves the peer list and "
              "catch-up stops asking it; must be > 0",
              "86400", _int_range(1)),
+    Variable("replication_peer_gone_after", "int", DEFAULT_REPLICATION_PEER_GONE_AFTER_S,
+             "seconds without an announcement after which a peer is shown as gone "
+             "(it stays listed until replication_peer_expiry); must be > 0",
+             "300", _int_range(1)),
+    Variable("replication_ready_timeout", "int", DEFAULT_REPLICATION_READY_TIMEOUT_S,
+             "seconds replication may stay disconnected from every broker before /ready "
+             "answers 503; must be > 0",
+             "300", _int_range(1)),
     Variable("replication_max_pending", "int", DEFAULT_REPLICATION_MAX_PENDING,
              "most changesets kept waiting for a missing predecessor (one origin may "
              "hold a quarter of them); past it they are dropped and fetched again by "
@@ -410,6 +422,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("log_level", "str", DEFAULT_LOG_LEVEL,
              "one of 'debug', 'info', 'warning', 'error' (any case)",
              "'debug'", _choice(LOG_LEVELS)),
+    Variable("log_format", "str", DEFAULT_LOG_FORMAT,
+             "'text' (one line per event, for people) or 'json' (one JSON object per "
+             "line, for log collectors); node and broker write the same fields",
+             "'json'", _choice(LOG_FORMATS)),
 )
 # fmt: on
 
@@ -481,6 +497,8 @@ class Settings:
     replication_trusted_keys: dict[str, tuple[str, ...]] | None = None
     replication_peer_expiry: int = DEFAULT_REPLICATION_PEER_EXPIRY_S
     replication_max_pending: int = DEFAULT_REPLICATION_MAX_PENDING
+    replication_peer_gone_after: int = DEFAULT_REPLICATION_PEER_GONE_AFTER_S
+    replication_ready_timeout: int = DEFAULT_REPLICATION_READY_TIMEOUT_S
     storage_url: str | None = None
     work_dir: str = DEFAULT_WORK_DIR
     host: str = DEFAULT_HOST
@@ -497,6 +515,7 @@ class Settings:
     api_idle_timeout: float = DEFAULT_API_IDLE_TIMEOUT_S
     api_max_connections: int = DEFAULT_API_MAX_CONNECTIONS
     log_level: Literal["debug", "info", "warning", "error"] = DEFAULT_LOG_LEVEL
+    log_format: Literal["text", "json"] = DEFAULT_LOG_FORMAT
 
     def __post_init__(self) -> None:
         given_hosts = self.replication_hosts
