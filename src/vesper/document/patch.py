@@ -1,4 +1,4 @@
-"""JSON Merge Patch (RFC 7386)."""
+"""JSON Merge Patch (RFC 7396)."""
 
 from __future__ import annotations
 
