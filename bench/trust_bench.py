@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,8 +53,19 @@ if str(SRC) not in sys.path:
 
 import orjson  # noqa: E402
 
-import benchlib  # noqa: E402 - bench/ is on sys.path when a script runs
+import _nodes  # noqa: E402 - bench/ is on sys.path when a script runs
+import benchlib  # noqa: E402
 import vesper.store.store as store_module  # noqa: E402
+from _nodes import (  # noqa: E402
+    BenchError,
+    Client,
+    HttpNode,
+    cpu_seconds,
+    log,
+    small_doc,
+    stop_node,
+    wait_until,
+)
 from vesper.history.changeset import Changeset, parse_changeset  # noqa: E402
 from vesper.store.store import Store, open_store  # noqa: E402
 from vesper.trust.keyring import Keyring  # noqa: E402
@@ -68,8 +76,6 @@ from vesper.trust.verifier import Verifier  # noqa: E402
 MESSAGE_CHANGESETS = 100
 """Changesets per message, as ``replication.sender.BATCH_CHANGESETS`` sends a backlog."""
 NO_HASH = "0" * 64
-STARTUP_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
 HTTP_WARMUP_S = 0.5
 
 
@@ -124,25 +130,6 @@ class Figure:
         if self.max_drop_pct is None or change is None:
             return ""
         return "PASS" if change >= -self.max_drop_pct else "MISS"
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def small_doc(i: int) -> dict[str, Any]:
-    """The five-property document of core_bench.py (about 100 bytes of JSON)."""
-    return {
-        "name": f"item-{i}",
-        "n": i,
-        "price": round(i * 0.37, 2),
-        "tags": ["red", "blue"] if i % 2 else ["green"],
-        "active": i % 3 != 0,
-    }
 
 
 def file_store(workdir: Path, name: str, branch: str) -> Store:
@@ -395,56 +382,13 @@ def bench_apply(workdir: Path, sizes: Sizes) -> list[Figure]:
 # -- HTTP ------------------------------------------------------------------------------
 
 
-@dataclass
-class HttpNode:
-    label: str
-    proc: subprocess.Popen[bytes]
-    host: str
-    port: int
-    log_path: Path
-
-
 def start_node(work: Path, label: str, broker: tuple[str, int] | None, unsigned: bool) -> HttpNode:
-    work.mkdir(parents=True)
-    config = work / "node.conf"
-    lines = [f"branch_id = '{label}'", "save_history = True", f"work_dir = {str(work)!r}"]
+    settings: dict[str, Any] = {"save_history": True}
     if broker is not None:
-        lines.append(f"replication_hosts = [{broker!r}]")
-        lines.append(f"replication_channel = 'trust{uuid.uuid4().hex[:10]}'")
-    config.write_text("\n".join(lines) + "\n")
-    if unsigned:
-        command = [sys.executable, __file__, "--serve-unsigned", str(config)]
-    else:
-        command = [sys.executable, "-m", "vesper", "serve", str(config), "--port=0"]
-    log_path = work / "node.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        text = log_path.read_text(errors="replace")
-        if " serving http://" in text:
-            url = text.split(" serving http://", 1)[1].split()[0]
-            host, port = url.rsplit(":", 1)
-            return HttpNode(label, proc, host, int(port), log_path)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise BenchError(f"node {label} did not start:\n{log_path.read_text(errors='replace')}")
-
-
-def stop_node(node: HttpNode) -> None:
-    if node.proc.poll() is not None:
-        return
-    node.proc.send_signal(signal.SIGTERM)
-    try:
-        node.proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        node.proc.kill()
-        node.proc.wait()
+        settings["replication_hosts"] = [broker]
+        settings["replication_channel"] = f"trust{uuid.uuid4().hex[:10]}"
+    command = [sys.executable, __file__, "--serve-unsigned"] if unsigned else None
+    return _nodes.start_node(work, label, settings, command)
 
 
 def serve_unsigned(config: str) -> int:
@@ -453,45 +397,18 @@ def serve_unsigned(config: str) -> int:
     from vesper.cli.serve import configure_logging, serve
     from vesper.config import load_settings
     from vesper.replication import sender
+    from vesper.store import chain as chain_module
 
     if not hasattr(sender.OutboxSender, "_sign"):
         raise SystemExit("OutboxSender._sign is gone: update bench/trust_bench.py")
     sender.OutboxSender._sign = lambda self, text: text  # type: ignore[method-assign]
     store_module.content_hash = lambda body: NO_HASH
+    # The store's chain check (on open and in the background) must hash as the commits
+    # did, or it takes the constant hashes for damage and stops the node's writes.
+    chain_module.content_hash = lambda body: NO_HASH
     settings = load_settings(config, ["--port=0"])
     configure_logging(settings.log_level)
     return serve(settings)
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection, one request at a time."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.file = self.sock.makefile("rb")
-
-    def request(self, data: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(data)
-        status = int(self.file.readline()[9:12])
-        length = 0
-        while True:
-            line = self.file.readline()
-            if line in (b"\r\n", b""):
-                break
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, self.file.read(length) if length else b""
-
-    def get_json(self, path: str) -> Any:
-        status, body = self.request(b"GET %s HTTP/1.1\r\nHost: bench\r\n\r\n" % path.encode())
-        if status != 200:
-            raise BenchError(f"GET {path} answered {status}: {body[:200]!r}")
-        return orjson.loads(body)
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def post(obj_id: str, i: int) -> bytes:
@@ -500,23 +417,6 @@ def post(obj_id: str, i: int) -> bytes:
         b"POST /api/objects HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def http_phase(node: HttpNode, seconds: float, tag: str, broker_pid: int | None) -> dict[str, Any]:

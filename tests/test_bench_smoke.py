@@ -39,3 +39,8 @@ def test_replication_bench_quick_runs_on_the_embedded_broker() -> None:
 def test_trust_bench_quick_runs() -> None:
     out = run("trust_bench.py", "--quick")
     assert "commits/s" in out and "changesets/s" in out and "writes/s" in out
+
+
+def test_access_bench_quick_runs() -> None:
+    out = run("access_bench.py", "--quick")
+    assert "writes/s" in out and "docs/s" in out and "idle connections the node closed" in out
