@@ -10,7 +10,6 @@ in flight was added beyond them (and then whole), and that the store is consiste
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import selectors
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 
 import vesper
+from tests.store.digest_reference import reference_digest
 from vesper.store import Store, open_store
 
 BRANCH = "CRASH"
@@ -239,11 +239,6 @@ def run_and_kill(url: str, seed: int, stop: StopRule, tmp_path: Path) -> Run:
     return run
 
 
-def canonical_digest(docs: list[dict[str, Any]]) -> str:
-    parts = [json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False) for d in docs]
-    return hashlib.sha256(("[" + ",".join(parts) + "]").encode()).hexdigest()
-
-
 def check_consistent(store: Store) -> list[dict[str, Any]]:
     """Internal consistency of a store written by one branch; returns the live objects."""
     n = store.version_vector.get(BRANCH, 0)
@@ -256,7 +251,7 @@ def check_consistent(store: Store) -> list[dict[str, Any]]:
     assert [d["id"] for d in live] == sorted(d["id"] for d in live)
     assert store.count == len(live)
     assert store.objects_at(store.revision) == live
-    assert store.digest() == canonical_digest(live)
+    assert store.digest() == reference_digest(live)
     return live
 
 

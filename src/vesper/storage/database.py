@@ -74,6 +74,10 @@ CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS key_pins (   -- trust on first use: branch -> its first key
     branch TEXT PRIMARY KEY, key TEXT NOT NULL, pinned TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS digest_buckets ( -- LtHash state of each bucket of objects
+    bucket INTEGER PRIMARY KEY,     -- 0..255: first byte of the SHA-256 of the id
+    state BLOB NOT NULL             -- 1024 little-endian 16-bit lanes
+);
 CREATE TABLE IF NOT EXISTS quarantine ( -- rejected messages, newest kept
     seq INTEGER PRIMARY KEY,
     time TEXT NOT NULL,

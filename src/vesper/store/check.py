@@ -7,7 +7,9 @@
 - every changeset, from the first: its hash, its ``prev`` link and, for the last of each
   origin, the head the state records (opening re-hashes only those after the
   checkpoint, so this is what finds a changeset altered before it);
-- every pending changeset: well-formed, and stored under its own id.
+- every pending changeset: well-formed, and stored under its own id;
+- the digest's bucket states (when the state says they are kept), against the live
+  objects: a wrong one would be served as the store's digest until it is recomputed.
 
 It reads through a read-only connection: it never changes the file, damaged or not, and
 runs beside a node that is serving it.
@@ -30,6 +32,7 @@ from vesper.history.changeset import parse_changeset
 from vesper.storage.damage import connect_read_only, file_problems
 from vesper.storage.database import SCHEMA_VERSION, Reader
 from vesper.store.chain import ChainWalk, Checkpoint, Problems, load_checkpoint, scan
+from vesper.store.digest import KEPT_MARK, computed_states, stored_states
 
 PROGRESS_S = 2.0
 """Seconds between two progress lines of a long check."""
@@ -76,6 +79,7 @@ def check_store(path: str, progress: Progress | None = None, limit: int = 100) -
                 report, "the changesets", partial(_check_chain, reader, report, state, own, say)
             )
             _guarded(report, "the pending changesets", partial(_check_pending, reader, report))
+            _guarded(report, "the digest", partial(_check_digest, reader, report, state, say))
     finally:
         conn.close()
     report.seconds = time.monotonic() - started
@@ -178,3 +182,24 @@ def _check_pending(reader: Reader, report: CheckReport) -> None:
             continue
         if cs.id != name:
             report.problems.add(f"pending changeset {name}: its body is changeset {cs.id}")
+
+
+def _check_digest(
+    reader: Reader, report: CheckReport, state: dict[str, Any] | None, say: Progress
+) -> None:
+    if state is None or state.get(KEPT_MARK) is not True:
+        return  # not kept (an older version wrote the file): computed when it is opened
+    cure = "delete the rows of digest_buckets and open the store: it computes them again"
+    stored = stored_states(reader)
+    if stored is None:
+        report.problems.add(f"digest_buckets: not 256 well-formed bucket states; {cure}")
+        return
+    say("digest of the live objects")
+    computed, _ = computed_states(reader)
+    wrong = [b for b in range(len(computed)) if computed[b] != stored[b]]
+    if wrong:
+        listed = ", ".join(map(str, wrong[:10])) + (", ..." if len(wrong) > 10 else "")
+        what = "1 bucket state does" if len(wrong) == 1 else f"{len(wrong)} bucket states do"
+        report.problems.add(
+            f"digest_buckets: {what} not match the objects (bucket {listed}); {cure}"
+        )

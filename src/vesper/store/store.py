@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -41,6 +39,7 @@ from vesper.merge.register import ObjectState, new_object_row
 from vesper.storage.database import Database
 from vesper.storage.url import parse_storage_url
 from vesper.store import history as history_queries
+from vesper.store.digest import KEPT_MARK, DigestIndex
 from vesper.store.integrity import ChainWatch, verify_on_open
 from vesper.store.ops import Op, fold, object_op, parse_op, update_op
 from vesper.store.pending import PendingIndex
@@ -165,10 +164,10 @@ class Store:
                 # anything else runs, then kept verified while the store runs.
                 checkpoint = verify_on_open(self.db, self.branch_id)
                 self._watch = ChainWatch(self.db, self.branch_id, checkpoint)
+            self._open_digest()
         except BaseException:
             self.db.close()
             raise
-        self._digest_cache: tuple[str, str] | None = None
         self._commit_listeners: list[Callable[[CommitResult], None]] = []
         self.writes_refused: str | None = None
         """Why local writes are refused (None: they are taken); see ``refuse_writes``."""
@@ -193,6 +192,7 @@ class Store:
             self._clock = HybridClock(state["hlc"])
             self._live = state["live"]
             heads = state.get("heads")
+            self._digest_kept = state.get(KEPT_MARK) is True
         except (orjson.JSONDecodeError, TypeError, KeyError):
             raise StoreDamaged(
                 f"{self.db.name} is damaged (its state in meta does not parse)"
@@ -201,6 +201,13 @@ class Store:
         # once from the last changeset of each origin.
         self._heads: dict[str, str] = self._compute_heads() if heads is None else heads
         self._pending = PendingIndex.load(self.db)
+
+    def _open_digest(self) -> None:
+        self._digest = DigestIndex.load(self.db, format_revision(self._vv), self._digest_kept)
+        if self._digest.stale:
+            # Written at once, with the mark, so the next open reads it instead.
+            with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
+                self._save_state(conn)
 
     def _compute_heads(self) -> dict[str, str]:
         heads = {}
@@ -288,7 +295,8 @@ class Store:
         if self.writes_refused is not None:
             raise WritesRefused(self.writes_refused)
         with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
-            states = self._load_states(conn, {op.id for op in ops})
+            live_docs: dict[str, str] = {}
+            states = self._load_states(conn, {op.id for op in ops}, live_docs)
             changes = [_normalized(c) for c in fold(ops, states.get)]
             counter = self._vv.get(self.branch_id, 0) + 1
             hlc = self._clock.tick()
@@ -306,7 +314,9 @@ class Store:
                 "changes": changes,
             }
             self._heads[self.branch_id] = content_hash(body)
-            self._write_changes(conn, states, changes, self.branch_id, counter, hlc, base)
+            self._write_changes(
+                conn, states, live_docs, changes, self.branch_id, counter, hlc, base
+            )
             if self.save_history:
                 seq = self._insert_changeset(conn, self.branch_id, counter, body, changes)
                 if self.outbox_enabled:
@@ -438,9 +448,12 @@ class Store:
         return self._vv.get(cs.origin, 0) == cs.counter - 1 and dominates(self._vv, cs.base)
 
     def _apply_one(self, conn: Any, cs: Changeset) -> None:
-        states = self._load_states(conn, {c["id"] for c in cs.changes})
+        live_docs: dict[str, str] = {}
+        states = self._load_states(conn, {c["id"] for c in cs.changes}, live_docs)
         self._clock.observe(cs.hlc)
-        self._write_changes(conn, states, cs.changes, cs.origin, cs.counter, cs.hlc, cs.base)
+        self._write_changes(
+            conn, states, live_docs, cs.changes, cs.origin, cs.counter, cs.hlc, cs.base
+        )
         self._insert_changeset(conn, cs.origin, cs.counter, cs.body, cs.changes)
         self._vv[cs.origin] = cs.counter
         self._heads[cs.origin] = cs.hash
@@ -462,22 +475,29 @@ class Store:
 
     # -- shared write helpers ------------------------------------------------------
 
-    def _load_states(self, conn: Any, ids: set[str]) -> dict[str, ObjectState]:
+    def _load_states(
+        self, conn: Any, ids: set[str], live_docs: dict[str, str]
+    ) -> dict[str, ObjectState]:
+        """The stored states of ``ids``; the documents of the live ones go to
+        ``live_docs`` (the digest takes them out when the write replaces them)."""
         out: dict[str, ObjectState] = {}
         id_list = list(ids)
         for start in range(0, len(id_list), _IN_CHUNK):
             chunk = id_list[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for obj_id, doc, state in conn.execute(
-                f"SELECT id, doc, state FROM objects WHERE id IN ({marks})", chunk
+            for obj_id, live, doc, state in conn.execute(
+                f"SELECT id, live, doc, state FROM objects WHERE id IN ({marks})", chunk
             ):
                 out[obj_id] = ObjectState.load(obj_id, doc, state)
+                if live:
+                    live_docs[obj_id] = doc
         return out
 
     def _write_changes(
         self,
         conn: Any,
         states: dict[str, ObjectState],
+        live_docs: dict[str, str],
         changes: list[dict[str, Any]],
         origin: str,
         counter: int,
@@ -486,13 +506,16 @@ class Store:
     ) -> None:
         rows = []
         live_delta = 0
+        digest = self._digest
         for change in changes:
             obj_id = change["id"]
             state = states.get(obj_id)
             if state is None and change.get("exists") and not change.get("unset"):
-                row = new_object_row(obj_id, change.get("set", {}), origin, counter, hlc)
+                props = change.get("set", {})
+                row = new_object_row(obj_id, props, origin, counter, hlc)
                 rows.append((obj_id, *row))
                 live_delta += 1
+                digest.change(obj_id, None, row[1], {"id": obj_id, **props})
                 continue
             if state is None:
                 state = states[obj_id] = ObjectState(obj_id)
@@ -501,6 +524,10 @@ class Store:
             live, doc_text, state_text, conflicted = state.dump()
             live_delta += live - was_live
             rows.append((obj_id, live, doc_text, state_text, conflicted))
+            new_doc = doc_text if live else None
+            digest.change(obj_id, live_docs.pop(obj_id, None), new_doc)
+            if new_doc is not None:
+                live_docs[obj_id] = new_doc
         conn.executemany(
             "INSERT OR REPLACE INTO objects(id, live, doc, state, conflicted) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -527,8 +554,17 @@ class Store:
         return seq
 
     def _save_state(self, conn: Any) -> None:
+        """Write the state of the transaction: the vector, clock, count and heads, and
+        the digest's bucket states."""
+        self._digest.stage(conn, format_revision(self._vv))
         state = orjson.dumps(
-            {"vv": self._vv, "hlc": self._clock.last, "live": self._live, "heads": self._heads}
+            {
+                "vv": self._vv,
+                "hlc": self._clock.last,
+                "live": self._live,
+                "heads": self._heads,
+                KEPT_MARK: True,
+            }
         )
         conn.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('state', ?)", (state.decode(),)
@@ -536,16 +572,18 @@ class Store:
 
     @contextmanager
     def _rollback_memory_on_error(self) -> Iterator[None]:
-        """Keep the in-memory vector, clock, count and pending index equal to the
-        database: when a transaction (or its COMMIT) fails, put them back."""
+        """Keep the in-memory vector, clock, count, pending index and digest equal to
+        the database: when a transaction (or its COMMIT) fails, put them back."""
         saved = dict(self._vv), self._clock.last, self._live, dict(self._heads)
         try:
             yield
         except BaseException:
             self._vv, self._clock.last, self._live, self._heads = saved
             self._pending.rollback()
+            self._digest.rollback()
             raise
         self._pending.commit()
+        self._digest.commit()
 
     # -- reads ---------------------------------------------------------------------
 
@@ -605,45 +643,22 @@ class Store:
         return iter_objects(self.db, spec, limit, after)
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON of all objects sorted by id (docs/http-api.md)."""
-        return self.revision_and_digest()[1]
+        """The LtHash digest of the live objects (docs/http-api.md, ``/api/digest``)."""
+        return self._digest.snapshot.digest
 
     def revision_and_digest(self) -> tuple[str, str]:
         """The revision and the digest of that very revision (one snapshot)."""
-        # The revision is read inside the same snapshot as the objects, so the value
-        # cached for a revision is the digest of exactly that revision. An in-memory
-        # store has no snapshots: it holds the lock instead.
-        guard = self.db.lock if self.db.location.in_memory else contextlib.nullcontext()
-        with guard, self.db.snapshot() as reader:
-            rows = reader.fetch("SELECT value FROM meta WHERE key = 'state'")
-            revision = format_revision(orjson.loads(rows[0][0])["vv"]) if rows else ""
-            cached = self._digest_cache
-            if cached is not None and cached[0] == revision:
-                return cached
-            h = hashlib.sha256()
-            h.update(b"[")
-            first = True
-            after = ""
-            while True:
-                rows = reader.fetch(
-                    "SELECT id, doc FROM objects WHERE live = 1 AND id > ? ORDER BY id LIMIT 1000",
-                    (after,),
-                )
-                for _id, doc in rows:
-                    if not first:
-                        h.update(b",")
-                    first = False
-                    canonical = json.dumps(
-                        orjson.loads(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-                    )
-                    h.update(canonical.encode("utf-8"))
-                if len(rows) < 1000:
-                    break
-                after = rows[-1][0]
-            h.update(b"]")
-            value = h.hexdigest()
-        self._digest_cache = (revision, value)
-        return revision, value
+        snapshot = self._digest.snapshot
+        return snapshot.revision, snapshot.digest
+
+    def digest_buckets(self) -> tuple[str, str, list[str]]:
+        """The revision, the digest and the 256 bucket digests, all of that revision.
+
+        Object ``o`` falls in bucket ``sha256(o["id"])[0]``: two stores whose digests
+        differ hold different objects exactly in the buckets whose digests differ.
+        """
+        snapshot = self._digest.snapshot
+        return snapshot.revision, snapshot.digest, snapshot.bucket_digests()
 
     def conflicts(self, obj_id: str | None = None) -> list[dict[str, Any]]:
         """Properties whose concurrent writes disagree, with winner and losers."""
