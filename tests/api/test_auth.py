@@ -184,7 +184,7 @@ def test_probes_are_open_and_everything_else_needs_a_token(
     assert anonymous.get("/ready").json()["ready"] is True
     error_of(anonymous.post("/ready"), 405)  # open, so routed like any request
     error_of(anonymous.get("/ready/"), 401)
-    for path in ["/metrics", "/api/status", "/openapi.json", "/docs", "/ui"]:
+    for path in ["/metrics", "/api/status", "/openapi.json", "/docs", "/ui/settings"]:
         error_of(anonymous.get(path), 401)
     assert reader.get("/metrics").status_code == 200
     assert reader.get("/openapi.json").json()["openapi"].startswith("3.")

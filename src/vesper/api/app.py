@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from vesper.api import history, objects, openapi, ready, status, transaction
+from vesper.api import dashboard, digest, history, objects, openapi, ready, status, transaction
 from vesper.api.auth import authenticator_for
 from vesper.api.context import ApiContext
 from vesper.api.errors import EXCEPTION_HANDLERS
@@ -33,8 +33,10 @@ def create_app(
         *transaction.routes(ctx),
         *history.routes(ctx),
         *status.routes(ctx),
+        *digest.routes(ctx),
         *ready.routes(ctx),
         *openapi.routes(),
+        *dashboard.routes(ctx),
     ]
     # Plain Starlette, not FastAPI: FastAPI's per-request dependency and validation
     # machinery cost ~3.5x Starlette's time per request here (measured when it was chosen);
@@ -46,4 +48,5 @@ def create_app(
     auth = authenticator_for(
         settings.api_token, settings.api_read_token, settings.api_metrics_public, metrics
     )
+    app.state.auth = auth  # the dashboard's login checks tokens and starts sessions
     return RequestGuard(app, limit, metrics, auth)

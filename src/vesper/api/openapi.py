@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 description of the HTTP API, and a browsable page at ``/docs``.
+"""The OpenAPI 3.1 description of the HTTP API, and a readable page of it at ``/docs``.
 
 Written by hand because the handlers read raw bodies (no pydantic models on hot
 paths); tests/api/test_openapi.py checks that it lists exactly the routes the app has.
@@ -6,6 +6,8 @@ paths); tests/api/test_openapi.py checks that it lists exactly the routes the ap
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -401,25 +403,186 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-_DOCS_HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Vesper HTTP API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head><body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
-<noscript>The API description is at <a href="/openapi.json">/openapi.json</a>.</noscript>
-</body></html>
+# -- /docs: the document as a page ---------------------------------------------------
+#
+# Rendered here from openapi_document(), as plain HTML with the dashboard's stylesheet:
+# it needs no script and nothing from another host, so it works offline and on nodes
+# that reach no CDN. (Swagger UI would need a vendored copy: the PyPI packages that ship
+# one either bundle Swagger UI 4, which cannot read OpenAPI 3.1, or bring template and
+# YAML libraries and a top-level ``test`` package along.)
+
+_METHODS = ("get", "put", "post", "patch", "delete", "head", "options")
+_DOCS_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _anchor(method: str, path: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-") or "root"
+    return f"op-{method}-{slug}"
+
+
+def _type_of(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return f'<a href="#schema-{_e(name)}">{_e(name)}</a>'
+    if "const" in schema:
+        return _e(f"= {schema['const']!r}")
+    if "enum" in schema:
+        return _e("one of " + ", ".join(repr(v) for v in schema["enum"]))
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        text = " | ".join(_e(k) for k in kind)
+    elif kind == "array":
+        items = schema.get("items")
+        text = f"array of {_type_of(items)}" if isinstance(items, dict) else "array"
+    elif kind is not None:
+        text = _e(kind)
+    elif "oneOf" in schema or "anyOf" in schema:
+        text = "one of"
+    else:
+        text = "any"
+    extra = schema.get("format")
+    return f"{text} ({_e(extra)})" if extra else text
+
+
+def _schema(schema: dict[str, Any], depth: int = 0) -> str:
+    """A schema as nested lists: its type, then its properties or alternatives."""
+    parts = [f'<span class="type">{_type_of(schema)}</span>']
+    if schema.get("description"):
+        parts.append(f" — {_e(schema['description'])}")
+    if depth > 6:
+        return "".join(parts)
+    alternatives = schema.get("oneOf") or schema.get("anyOf")
+    if alternatives:
+        items = "".join(f"<li>{_schema(alt, depth + 1)}</li>" for alt in alternatives)
+        parts.append(f'<ul class="schema">{items}</ul>')
+    properties = schema.get("properties") or {}
+    if properties:
+        required = set(schema.get("required", ()))
+        rows = []
+        for name, prop in properties.items():
+            mark = ' <span class="required">required</span>' if name in required else ""
+            rows.append(
+                f'<li><span class="prop">{_e(name)}</span>{mark}: {_schema(prop, depth + 1)}</li>'
+            )
+        parts.append(f'<ul class="schema">{"".join(rows)}</ul>')
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        parts.append(f'<ul class="schema"><li>other keys: {_schema(extra, depth + 1)}</li></ul>')
+    elif extra is True and schema.get("type") == "object":
+        parts.append('<ul class="schema"><li class="muted">other keys allowed</li></ul>')
+    return "".join(parts)
+
+
+def _content(content: dict[str, Any]) -> str:
+    rows = []
+    for media_type, body in content.items():
+        schema = body.get("schema")
+        shape = _schema(schema) if isinstance(schema, dict) else ""
+        rows.append(f"<li><code>{_e(media_type)}</code> {shape}</li>")
+    return f'<ul class="schema">{"".join(rows)}</ul>' if rows else ""
+
+
+def _operation(path: str, method: str, op: dict[str, Any], shared: list[Any]) -> str:
+    parts = [
+        f'<section class="operation" id="{_anchor(method, path)}" data-method="{method}" '
+        f'data-path="{_e(path)}">',
+        f'<h3><span class="method {method}">{method}</span> <code>{_e(path)}</code> '
+        f'<span class="summary">{_e(op.get("summary", ""))}</span></h3>',
+    ]
+    if op.get("security") == []:
+        parts.append('<p class="muted">No token needed.</p>')
+    parameters = [*shared, *op.get("parameters", [])]
+    if parameters:
+        rows = "".join(
+            f"<tr><td><code>{_e(p['name'])}</code></td><td>{_e(p['in'])}</td>"
+            f"<td>{'yes' if p.get('required') else ''}</td>"
+            f"<td>{_type_of(p.get('schema', {}))}</td><td>{_e(p.get('description', ''))}</td></tr>"
+            for p in parameters
+        )
+        parts.append(
+            "<h4>Parameters</h4><table><thead><tr><th>name</th><th>in</th><th>required</th>"
+            f"<th>type</th><th>description</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    body = op.get("requestBody")
+    if body:
+        parts.append(f"<h4>Request body</h4>{_content(body.get('content', {}))}")
+    rows = "".join(
+        f"<tr><td><code>{_e(status)}</code></td><td>{_e(answer.get('description', ''))}"
+        f"{_content(answer.get('content', {}))}</td></tr>"
+        for status, answer in sorted(op.get("responses", {}).items())
+    )
+    parts.append(
+        "<h4>Responses</h4><table><thead><tr><th>status</th><th>meaning</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></section>"
+    )
+    return "".join(parts)
+
+
+def docs_page(document: dict[str, Any]) -> str:
+    """The API reference page: every operation of ``document``, then its schemas."""
+    info = document["info"]
+    toc: list[str] = []
+    sections: list[str] = []
+    for path, item in document["paths"].items():
+        shared = item.get("parameters", [])
+        for method in _METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            toc.append(
+                f'<li><a href="#{_anchor(method, path)}"><span class="method {method}">'
+                f"{method}</span> <code>{_e(path)}</code></a> {_e(op.get('summary', ''))}</li>"
+            )
+            sections.append(_operation(path, method, op, shared))
+    schemas = "".join(
+        f'<section class="operation" id="schema-{_e(name)}"><h3><code>{_e(name)}</code></h3>'
+        f"{_schema(schema)}</section>"
+        for name, schema in document["components"]["schemas"].items()
+    )
+    security = "".join(
+        f"<li><code>{_e(name)}</code>: {_e(scheme.get('description', ''))}</li>"
+        for name, scheme in document["components"].get("securitySchemes", {}).items()
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(info["title"])} HTTP API</title>
+<link rel="stylesheet" href="/ui/vesper.css"></head>
+<body class="docs"><main>
+<h1>{_e(info["title"])} HTTP API <span class="count">{_e(info["version"])}</span></h1>
+<p>{_e(info.get("description", ""))} The machine-readable description is
+<a href="/openapi.json">/openapi.json</a> (OpenAPI {_e(document["openapi"])}).
+The <a href="/ui">dashboard</a> shows this node's state.</p>
+<h2>Authentication</h2><ul>{security}</ul>
+<h2>Operations</h2><ul class="toc">{"".join(toc)}</ul>
+{"".join(sections)}
+<h2>Schemas</h2>
+{schemas}
+</main></body></html>
 """
 
 
 def routes() -> list[BaseRoute]:
     document = openapi_document()
+    page = docs_page(document)
+    headers = {
+        "content-security-policy": _DOCS_CSP,
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+    }
 
     async def openapi(request: Request) -> Response:
         return json_response(document)
 
     async def docs(request: Request) -> Response:
-        return HTMLResponse(_DOCS_HTML)
+        return HTMLResponse(page, headers=headers)
 
     return [
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
