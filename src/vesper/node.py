@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class ReplicationService(Protocol):
-    """What a Node needs from its replication service."""
+    """What a Node needs from its replication service (``ready_problems`` is
+    optional: a service without it never makes the node unready)."""
 
     def status(self) -> dict[str, Any]: ...
 
@@ -144,6 +145,9 @@ class Node:
             reasons.append(f"store failed: {store.failure}")
         if store.writes_refused is not None:
             reasons.append(f"local writes refused: {store.writes_refused}")
+        problems = getattr(self.replication, "ready_problems", None)
+        if problems is not None:
+            reasons.extend(problems())
         return reasons
 
     def quarantine(self, limit: int = 100, reason: str | None = None) -> list[dict[str, Any]]:
@@ -153,11 +157,11 @@ class Node:
     def status(self) -> dict[str, Any]:
         """The ``GET /api/status`` document (docs/http-api.md).
 
-        May walk the whole store for the digest (cached by revision in the store), so
+        Reads the database (the outbox count) and asks the replication service, so
         callers on an event loop run it in a thread.
         """
         store = self.store
-        revision, digest = store.revision_and_digest()
+        revision, digest, objects = store_summary(store)
         outbox, pending = store.outbox_count, store.pending_count
         if self.replication is not None:
             replication = self.replication.status()
@@ -168,11 +172,36 @@ class Node:
             "public_key": replication.pop("public_key", None),
             "revision": revision,
             "digest": digest,
-            "objects": store.count,
+            "objects": objects,
             "pending": pending,
             "outbox": outbox,
             "replication": replication,
         }
+
+
+SUMMARY_TRIES = 3
+"""Unlocked reads of the summary before it is read under the store's lock."""
+
+
+def store_summary(store: Store) -> tuple[str, str, int]:
+    """The revision, the digest and the number of objects of one and the same state.
+
+    ``revision_and_digest`` reads one snapshot, and the object count is the store's
+    in-memory one, which commits change under the store's lock: read under that lock,
+    it belongs to the revision read with it. The count belongs to the digest's state
+    when the two revisions agree (a revision names exactly one set of changesets, and
+    so one state). Commits may move the revision between the two reads, so after a few
+    tries the digest is read under the lock too, which holds commits back meanwhile.
+    """
+    lock = store.db.lock
+    for _ in range(SUMMARY_TRIES):
+        revision, digest = store.revision_and_digest()
+        with lock:
+            if store.revision == revision:
+                return revision, digest, store.count
+    with lock:
+        revision, digest = store.revision_and_digest()
+        return revision, digest, store.count
 
 
 def disabled_replication_status(outbox: int = 0, pending: int = 0) -> dict[str, Any]:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
 
 import httpx
 
 from tests.api.helpers import error_of, sample
+from tests.replication.harness import wait_for
+from tests.store.digest_reference import reference_digest
+from vesper.api import create_app
+from vesper.broker.process import BrokerProcess
+from vesper.config import Settings
+from vesper.node import Node
 
 REPLICATION_KEYS = {
     "enabled", "connected", "channel", "broker", "messages_sent", "messages_received",
@@ -17,8 +26,7 @@ REPLICATION_KEYS = {
 
 
 def spec_digest(objects: list[dict]) -> str:
-    text = json.dumps(objects, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return reference_digest(objects)
 
 
 def test_status_shape_and_digest(http: httpx.Client) -> None:
@@ -75,7 +83,7 @@ def test_metrics_count_requests_commits_and_store_size(http: httpx.Client) -> No
     assert delta("vesper_commits_total", operation="create") == 1
     assert sample(metrics, "vesper_objects") == http.get("/api/status").json()["objects"]
     assert sample(metrics, "vesper_store_bytes") > 0
-    assert sample(metrics, "vesper_revision_counter", branch="N1") >= 1
+    assert sample(metrics, "vesper_revision_changesets", branch="N1") >= 1
     assert sample(metrics, "vesper_outbox_changesets") == 0
     assert sample(metrics, "vesper_node_info", branch_id="N1") == 1
     # Unknown paths share one label value instead of one per path.
@@ -95,3 +103,70 @@ def test_status_rejects_parameters_and_writes(http: httpx.Client) -> None:
     error_of(http.get("/api/status?verbose=1"), 400)
     error_of(http.post("/api/status", json={}), 405)
     error_of(http.delete("/health"), 405)
+
+
+def test_status_objects_revision_and_digest_describe_one_state(tmp_path: Path) -> None:
+    """Read while commits land: each status's object count is that of its revision
+    (here every commit creates one object, so ``N1.k`` has k objects)."""
+    stop = threading.Event()
+    with Node(Settings(branch_id="N1", save_history=True, work_dir=str(tmp_path))) as node:
+
+        def write() -> None:
+            i = 0
+            while not stop.is_set():
+                node.store.create({"id": f"w{i:06d}", "pad": "x" * 200})
+                i += 1
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            seen: set[int] = set()
+            wait_for(lambda: node.store.count > 50, 30, "some commits")
+            deadline = time.monotonic() + 30
+            while len(seen) < 20 and time.monotonic() < deadline:
+                status = node.status()
+                counter = int(status["revision"].rpartition(".")[2] or 0)
+                assert status["objects"] == counter, status
+                seen.add(counter)
+                time.sleep(0.002)  # let the writer have the interpreter now and then
+        finally:
+            stop.set()
+            writer.join()
+        assert len(seen) >= 20  # the commits did move under the reads
+        status = node.status()
+        assert status["digest"] == spec_digest(node.store.objects_at(status["revision"]))
+
+
+def ready(node: Node) -> httpx.Response:
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(node))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+            return await http.get("/ready")
+
+    return asyncio.run(ask())
+
+
+def test_ready_turns_503_while_no_broker_is_reachable_and_back(tmp_path: Path) -> None:
+    broker = BrokerProcess(tmp_path / "broker", allow_anonymous=True, control=False).start()
+    settings = Settings(
+        branch_id="RB1",
+        save_history=True,
+        work_dir=str(tmp_path),
+        replication_hosts=((broker.host, broker.port),),
+        replication_channel=f"r{uuid.uuid4().hex[:10]}",
+        replication_ready_timeout=1,
+    )
+    try:
+        with Node(settings) as node:
+            assert ready(node).json() == {"ready": True, "reasons": []}
+            broker.stop()
+            wait_for(lambda: ready(node).status_code == 503, 30, "/ready answering 503")
+            (reason,) = ready(node).json()["reasons"]
+            assert reason.startswith("replication disconnected from every broker for "), reason
+            assert f"{broker.host}:{broker.port}" in reason
+            assert node.status()["replication"]["disconnected_since"] is not None
+            broker.start()
+            wait_for(lambda: ready(node).status_code == 200, 30, lambda: ready(node).text)
+            assert node.status()["replication"]["connected_since"] is not None
+    finally:
+        broker.kill()

@@ -14,6 +14,8 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from vesper.errors import (
     ConfigError,
@@ -117,9 +119,25 @@ async def starlette_http_handler(request: Request, exc: Exception) -> Response:
         message = f"no such endpoint: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+        # Starlette's Allow names the methods of the first route of the path only; a
+        # path served by several routes (one per method) has all of theirs.
+        allowed = allowed_methods(getattr(request.app, "routes", ()), request.scope)
+        if allowed:
+            return error_response(405, message, {**(exc.headers or {}), "Allow": allowed})
     else:
         message = str(exc.detail)
     return error_response(exc.status_code, message, exc.headers)
+
+
+def allowed_methods(routes: object, scope: Scope) -> str:
+    """The methods of every route that matches the request's path, for ``Allow``."""
+    methods: set[str] = set()
+    for route in routes:  # type: ignore[attr-defined]
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def client_gone_handler(request: Request, exc: Exception) -> Response:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -28,6 +30,7 @@ from prometheus_client.core import (
 
 from vesper import __version__
 from vesper.errors import VesperError
+from vesper.replication.peer_state import STATES as PEER_STATES
 from vesper.storage.url import parse_storage_url
 
 if TYPE_CHECKING:
@@ -165,6 +168,11 @@ class StoreCollector:
         info = InfoMetricFamily("vesper_node", "This node's branch id and Vesper version")
         info.add_metric([], {"branch_id": node.branch_id, "version": __version__})
         yield info
+        yield GaugeMetricFamily(
+            "vesper_ready",
+            "1 when GET /ready answers 200 (the node is fit for traffic), else 0",
+            value=int(not node.ready_reasons()),
+        )
         try:
             store = node.store
             objects, outbox, pending = store.count, store.outbox_count, store.pending_count
@@ -182,9 +190,10 @@ class StoreCollector:
             "Received changesets waiting for a missing predecessor",
             value=pending,
         )
+        # Not "..._counter": Prometheus reserves type names, and promtool refuses them.
         counters = GaugeMetricFamily(
-            "vesper_revision_counter",
-            "Latest changeset counter applied per branch (the revision's entries)",
+            "vesper_revision_changesets",
+            "Changesets of each branch applied: the revision's entries (latest counter)",
             labels=["branch"],
         )
         for branch, counter in sorted(vector.items()):
@@ -209,6 +218,8 @@ _REPLICATION_COUNTERS = {
     "catchup_changesets_received": "Changesets received through catch-up",
     "forks": "Changesets refused as forks: another changeset of that origin and id, or a "
     "broken hash chain",
+    "conflicts": "Conflicts detected: concurrent writes of different values to one property "
+    "(or to an object's existence), resolved the same way on every node",
 }
 
 
@@ -236,9 +247,21 @@ class ReplicationCollector:
                 yield CounterMetricFamily(
                     f"vesper_replication_{name}", help_text, value=status[name]
                 )
+        # One series per peer and gauge: the peer list is bounded (MAX_PEERS). Not
+        # "..._behind_us_...": promtool reads "us" as microseconds.
         lag = GaugeMetricFamily(
             "vesper_replication_peer_lag_changesets",
+            "Changesets a peer announced that this node lacks (as ahead_of_us)",
+            labels=["peer"],
+        )
+        ahead = GaugeMetricFamily(
+            "vesper_replication_peer_ahead_changesets",
             "Changesets a peer announced that this node lacks",
+            labels=["peer"],
+        )
+        behind = GaugeMetricFamily(
+            "vesper_replication_peer_behind_changesets",
+            "Changesets this node has that a peer's last announced revision lacks",
             labels=["peer"],
         )
         seen = GaugeMetricFamily(
@@ -246,11 +269,28 @@ class ReplicationCollector:
             "Seconds since the peer's last announcement",
             labels=["peer"],
         )
+        states = dict.fromkeys(PEER_STATES, 0)
+        now = time.time()
         for peer, info in status.get("peers", {}).items():
             lag.add_metric([peer], info.get("lag", 0))
-            seen.add_metric([peer], info.get("seconds_since_seen", 0))
+            ahead.add_metric([peer], info.get("ahead_of_us", 0))
+            behind.add_metric([peer], info.get("behind_us", 0))
+            seen.add_metric([peer], _seconds_since(info.get("last_heard"), now))
+            state = info.get("state")
+            if state in states:
+                states[state] += 1
         yield lag
+        yield ahead
+        yield behind
         yield seen
+        by_state = GaugeMetricFamily(
+            "vesper_replication_peers",
+            "Peers by state: in_sync, catching_up, stuck, gone",
+            labels=["state"],
+        )
+        for state, count in states.items():
+            by_state.add_metric([state], count)
+        yield by_state
         refused = CounterMetricFamily(
             "vesper_replication_quarantined",
             "Messages refused and quarantined, by reason (unsigned, bad_signature, "
@@ -260,6 +300,15 @@ class ReplicationCollector:
         for reason, count in sorted(status.get("quarantined", {}).items()):
             refused.add_metric([reason], count)
         yield refused
+
+
+def _seconds_since(iso: object, now: float) -> float:
+    """Seconds from an ISO time of the status (``...Z``) to ``now``; 0 if unreadable."""
+    try:
+        then = datetime.fromisoformat(str(iso)).timestamp()
+    except ValueError:
+        return 0.0
+    return round(max(0.0, now - then), 1)
 
 
 def store_bytes(storage_url: str) -> int | None:

@@ -1,11 +1,23 @@
-"""``/api/objects``: create, list, read, replace, patch and delete objects."""
+"""``/api/objects``: create, list, read, replace, patch and delete objects.
+
+An id is one path segment: an id containing ``/`` is sent as ``%2F``. The server
+decodes the path before routing, so routes are chosen from the raw path (``raw_path``
+in the ASGI scope), where ``/api/objects/p1/history`` (p1's history) and
+``/api/objects/p1%2Fhistory`` (the object ``p1/history``) differ; a raw path with more
+segments than a route has matches no route, so no id can shadow another route, nor a
+route an id.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from vesper.api.context import ApiContext
 from vesper.api.errors import HttpError
@@ -86,10 +98,6 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
 
     async def object_history(request: Request) -> Response:
         obj_id = request.path_params["id"]
-        if not request.scope.get("raw_path", b"/history").endswith(b"/history"):
-            # The path ended in "%2Fhistory": the id itself ends with "/history".
-            query_params(request)
-            return await _get(obj_id + "/history")
         query_params(request)
         store = ctx.store
         history = await ctx.in_thread(store.object_history, obj_id)
@@ -97,14 +105,40 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
             raise HttpError(404, f"object {obj_id!r} does not exist and has no history")
         return json_response({"history": history})
 
-    # Ids may contain "/" (sent as %2F): ``path`` lets the route see it, and the
-    # history route goes first so ".../history" is not read as part of an id.
+    # ``{id:path}`` lets an id decoded from %2F keep its "/"; ObjectRoute checks on
+    # the raw path that the id was one segment.
     return [
         Route("/api/objects", list_objects, methods=["GET"], name="list_objects"),
         Route("/api/objects", create_objects, methods=["POST"], name="create_objects"),
-        Route("/api/objects/{id:path}/history", object_history, methods=["GET"]),
-        Route("/api/objects/{id:path}", get_object, methods=["GET"]),
-        Route("/api/objects/{id:path}", replace_object, methods=["PUT"]),
-        Route("/api/objects/{id:path}", patch_object, methods=["PATCH"]),
-        Route("/api/objects/{id:path}", delete_object, methods=["DELETE"]),
+        ObjectRoute("/api/objects/{id:path}/history", object_history, methods=["GET"]),
+        ObjectRoute("/api/objects/{id:path}", get_object, methods=["GET"]),
+        ObjectRoute("/api/objects/{id:path}", replace_object, methods=["PUT"]),
+        ObjectRoute("/api/objects/{id:path}", patch_object, methods=["PATCH"]),
+        ObjectRoute("/api/objects/{id:path}", delete_object, methods=["DELETE"]),
     ]
+
+
+class ObjectRoute(Route):
+    """A route of one object: ``/api/objects/{id}`` or ``/api/objects/{id}/history``,
+    where ``{id}`` is exactly one segment of the raw path."""
+
+    def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        # "/api/objects/{id:path}/history" -> after the id: [b"history"]
+        self._after_id = [part.encode() for part in path.split("}", 1)[1].split("/")[1:]]
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and not self._one_segment_id(scope):
+            return Match.NONE, {}
+        return match, child
+
+    def _one_segment_id(self, scope: Scope) -> bool:
+        raw = scope.get("raw_path")
+        if raw is None:  # a server that does not say: the decoded path is all there is
+            raw = scope["path"].encode()
+        # uvicorn leaves the query string out of raw_path; some clients put it in.
+        segments = raw.partition(b"?")[0].split(b"/")
+        # b"", b"api", b"objects", id, *after
+        after = [unquote_to_bytes(part) for part in segments[4:]]
+        return len(segments) == 4 + len(self._after_id) and after == self._after_id

@@ -14,7 +14,8 @@ from vesper.api.metrics import METRICS_CONTENT_TYPE
 def routes(ctx: ApiContext) -> list[BaseRoute]:
     async def status(request: Request) -> Response:
         query_params(request)
-        # The digest may walk the whole store (once per revision): never on the loop.
+        # The digest is kept up to date by the store (no scan), but the outbox is
+        # counted in the database (O(outbox)): off the loop all the same.
         return json_response(await ctx.in_thread(ctx.node.status))
 
     async def quarantine(request: Request) -> Response:

@@ -28,6 +28,8 @@ from vesper.broker.errors import BrokerConfigError, BrokerError
 from vesper.broker.faults import FaultSettings
 from vesper.broker.server import Broker
 from vesper.broker.units import parse_duration, parse_size
+from vesper.logformat import FORMATS
+from vesper.logformat import configure as configure_logging
 
 log = logging.getLogger("vesper.broker")
 
@@ -122,6 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=FORMATS,
+        help="text: one line per event; json: one JSON object per line, the node's fields"
+        " (%(default)s)",
+    )
     commands = parser.add_subparsers(dest="broker_command", metavar="{adduser}")
     adduser.add_arguments(
         commands.add_parser(
@@ -168,9 +177,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "broker_command", None) == "adduser":
         return adduser.run(args)
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-        )
+        # Other libraries stay at WARNING; the broker's own lines at --log-level.
+        configure_logging("WARNING", getattr(args, "log_format", "text"))
     log.setLevel(getattr(args, "log_level", "INFO"))
     try:
         broker = Broker(config_from_args(args))

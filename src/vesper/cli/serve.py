@@ -12,7 +12,6 @@ import argparse
 import logging
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,11 +24,10 @@ from vesper.api import create_app
 from vesper.api.server import ApiServer, create_server
 from vesper.config import Settings, load_settings, parse_overrides
 from vesper.errors import ConfigError
+from vesper.logformat import configure
 from vesper.node import Node
 
 log = logging.getLogger("vesper.serve")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 AppFactory = Callable[[Node], ASGIApp]
 
@@ -54,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     # CONFIG file and report a missing file instead of the malformed override.
     overrides = parse_overrides(args.extra)
     settings = load_settings(args.config, overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # A "_created" timestamp beside every counter doubles /metrics for no use here;
     # the switch is process-wide, so it is thrown here at the edge, not in the library.
     prometheus_client.disable_created_metrics()
@@ -67,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr in the node's format (vesper.logformat), the broker's too."""
+    configure(level, fmt)
 
 
 def serve(settings: Settings, app_factory: AppFactory = create_app) -> int:

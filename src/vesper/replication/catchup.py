@@ -37,6 +37,8 @@ import orjson
 
 from vesper.history.revision import dominates, format_revision, parse_revision
 from vesper.replication import wire
+from vesper.replication.loglimit import LogLimit
+from vesper.replication.peer_state import ChangesetTimes, Standing
 from vesper.replication.stats import Stats
 from vesper.store import Store
 from vesper.trust.keyring import Keyring
@@ -72,6 +74,10 @@ REFUSAL_TTL_S = 60.0
 """A peer's refusal of this node's key counts while it keeps announcing it; this long
 after the last announcement that said so, it no longer does."""
 DEFAULT_PEER_EXPIRY_S = 7 * 24 * 3600.0
+DEFAULT_PEER_GONE_AFTER_S = 60.0
+AGE_READS_PER_STATUS = 200
+"""Store reads one status may spend on the ages of what peers lack (each changeset's
+time is read once and cached; past this, ages are left out until the next status)."""
 
 
 @dataclass
@@ -91,6 +97,10 @@ class Peer:
     before an unknown one."""
     sent_ms: int = 0
     """``time_ms`` of its latest announcement (older ones are ignored)."""
+    standing: Standing = field(default_factory=Standing)
+    """Its differences with this node over time (vesper.replication.peer_state)."""
+    digest: str | None = None
+    """The store digest it announced with its revision (None: an older version)."""
 
 
 @dataclass
@@ -125,8 +135,19 @@ class AntiEntropy:
         key: NodeKey,
         keyring: Keyring,
         peer_expiry_s: float = DEFAULT_PEER_EXPIRY_S,
+        peer_gone_after_s: float = DEFAULT_PEER_GONE_AFTER_S,
     ) -> None:
         self._store = store
+        self._peer_gone_after_s = peer_gone_after_s
+        self._times = ChangesetTimes(store.changeset)
+        # Invented peers can each announce a big gap: their lines are limited.
+        self._gap_log = LogLimit(
+            10,
+            10.0,
+            lambda n, _, s: f"{n} more peers far apart from this node in {s:.0f} s (not logged)",
+            log,
+            logging.INFO,
+        )
         self._key = key
         self._keyring = keyring
         self.own_elsewhere = 0
@@ -161,11 +182,12 @@ class AntiEntropy:
         answer with its own at once, so a starting node learns quickly whether its peers
         hold more of its own history than it does."""
         self._last_announce = time.monotonic()
-        self._announced = self._store.revision
+        self._announced, digest = self._store.revision_and_digest()
         body: dict[str, Any] = {
             "type": wire.ANNOUNCE,
             "branch": self._branch_id,
             "revision": self._announced,
+            "digest": digest,  # signed with the rest: peers can tell divergence apart
             "time_ms": int(time.time() * 1000),
         }
         if hello:
@@ -204,19 +226,39 @@ class AntiEntropy:
                     peer.timeouts += 1
             elif req is not None and now - req.last_log >= PROGRESS_LOG_S:
                 req.last_log = now
-                rate = req.received / max(now - req.started, 1e-3)
-                log.info(
-                    "catch-up from %s: %d of ~%d changesets (%.0f/s)",
-                    req.peer,
-                    req.received,
-                    req.expected,
-                    rate,
+                log_progress(
+                    f"catch-up from {req.peer}", req.received, req.expected, now - req.started
                 )
             expired = [b for b, p in self.peers.items() if now - p.seen > self._peer_expiry_s]
             for branch in expired:
                 log.info("peer %s silent for %.0f s: forgotten", branch, self._peer_expiry_s)
                 del self.peers[branch]
+            self._follow_peers(now, self._store.version_vector)
+        self._gap_log.flush()
         self._maybe_request(now)
+
+    def _follow_peers(self, now: float, have: dict[str, int]) -> None:
+        """Compare every peer's last announced revision with this node's (under the
+        lock): O(peers x revision entries), never the history."""
+        for branch, peer in self.peers.items():
+            standing = peer.standing
+            heard = peer.seen > standing.compared_at
+            standing.update(have, peer.revision, now)
+            if standing.big_gap(heard) and self._gap_log.allow("gap"):
+                if standing.ahead_of_us >= standing.behind_us:
+                    log.info(
+                        "this node lacks ~%d changesets that peer %s has: catching up",
+                        standing.ahead_of_us,
+                        branch,
+                        extra={"peer": branch, "ahead_of_us": standing.ahead_of_us},
+                    )
+                else:
+                    log.info(
+                        "peer %s is ~%d changesets behind this node",
+                        branch,
+                        standing.behind_us,
+                        extra={"peer": branch, "behind_us": standing.behind_us},
+                    )
 
     def on_connected(self) -> None:
         with self._lock:
@@ -260,6 +302,8 @@ class AntiEntropy:
             elif sent <= peer.sent_ms:
                 return  # older than one already heard from it
             peer.revision, peer.seen, peer.sent_ms = revision, now, sent
+            digest = body.get("digest")
+            peer.digest = digest if isinstance(digest, str) and len(digest) == 64 else None
             peer.wall = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if new:
             # A node we have not heard from: tell it where we are soon (at most once a
@@ -407,11 +451,18 @@ class AntiEntropy:
             if applied:
                 req.received += applied
                 req.last_progress = time.monotonic()
+                answering = self.peers.get(peer)
+                if answering is not None:
+                    answering.standing.moved(req.last_progress)
             last = headers.get(wire.LAST) == "true"
             if last:
                 took = time.monotonic() - req.started
                 log.info(
-                    "catch-up from %s done: %d changesets in %.1f s", req.peer, req.received, took
+                    "catch-up from %s done: %d changesets in %.1f s (%.0f/s)",
+                    req.peer,
+                    req.received,
+                    took,
+                    req.received / max(took, 1e-3),
                 )
                 self.request = None
                 answered = self.peers.get(req.peer)
@@ -462,6 +513,10 @@ class AntiEntropy:
         batch = body.get("batch")
         if answer is None or body.get("request_id") != answer.request_id or type(batch) is not int:
             return
+        with self._lock:
+            asker = self.peers.get(str(body.get("branch")))
+            if asker is not None and batch > answer.acked:
+                asker.standing.moved(time.monotonic())
         with answer.wake:
             answer.acked = max(answer.acked, batch)
             answer.wake.notify_all()
@@ -476,6 +531,8 @@ class AntiEntropy:
         }
         numbered = 0
         limit = FIRST_BATCH_BYTES
+        started = last_log = time.monotonic()
+        expected = sum(max(0, c - since.get(o, 0)) for o, c in self._store.version_vector.items())
 
         # This node's own changesets are mostly stored unsigned (the sender signs the
         # last of each message it publishes); the last of ours in each batch is signed
@@ -532,6 +589,11 @@ class AntiEntropy:
                 batch.append(encoded)
                 size += len(encoded)
                 sent += 1
+                if sent % 100 == 0 and time.monotonic() - last_log >= PROGRESS_LOG_S:
+                    last_log = time.monotonic()
+                    log_progress(
+                        f"answering {asker}'s catch-up", sent, expected, last_log - started
+                    )
             if send(batch, last=True):
                 self._stats.catchup_requests_answered += 1
                 log.info("answered %s's catch-up request with %d changesets", asker, sent)
@@ -544,14 +606,12 @@ class AntiEntropy:
     def status(self) -> dict[str, Any]:
         have = self._store.version_vector
         now = time.monotonic()
+        wall_ms = time.time() * 1000
+        budget = [AGE_READS_PER_STATUS]
         with self._lock:
+            self._follow_peers(now, have)
             peers = {
-                b: {
-                    "revision": format_revision(p.revision),
-                    "lag": self.lag(p, have),
-                    "last_seen": p.wall,
-                    "seconds_since_seen": round(now - p.seen, 1),
-                }
+                b: self._peer_status(p, have, now, wall_ms, budget)
                 for b, p in sorted(self.peers.items())
             }
             req = self.request
@@ -566,3 +626,47 @@ class AntiEntropy:
                 }
             )
         return {"peers": peers, "catchup": catchup}
+
+    def _peer_status(
+        self, peer: Peer, have: dict[str, int], now: float, wall_ms: float, budget: list[int]
+    ) -> dict[str, Any]:
+        """One peer's entry in the status (docs/http-api.md#get-apistatus)."""
+        standing = peer.standing
+        behind_seconds = None
+        if standing.behind_us:
+            oldest = self._times.oldest_lacking_ms(have, peer.revision, budget)
+            if oldest is not None:
+                behind_seconds = round(max(0.0, wall_ms - oldest) / 1000, 1)
+        revision = format_revision(peer.revision)
+        ours, digest = self._store.revision_and_digest()
+        return {
+            "revision": revision,
+            "digest": peer.digest,
+            # The same changesets must give the same objects: a different digest at the
+            # same revision means the stores diverged (a bug or a damaged store).
+            "diverged": revision == ours and peer.digest not in (None, digest),
+            "state": standing.state(now, now - peer.seen, self._peer_gone_after_s),
+            "behind_us": standing.behind_us,
+            "behind_us_s": behind_seconds,
+            "ahead_of_us": standing.ahead_of_us,
+            "ahead_of_us_s": standing.ahead_seconds(now),
+            "lag": standing.ahead_of_us,
+            "last_heard": peer.wall,
+        }
+
+
+def log_progress(what: str, done: int, expected: int, elapsed_s: float) -> None:
+    """One progress line: counts, rate and, while the estimate holds, the time left."""
+    rate = done / max(elapsed_s, 1e-3)
+    left = max(0, expected - done)
+    eta = f", about {left / rate:.0f} s left" if rate > 0 and left else ""
+    log.info(
+        "%s: %d of ~%d changesets in %.0f s (%.0f/s%s)",
+        what,
+        done,
+        expected,
+        elapsed_s,
+        rate,
+        eta,
+        extra={"done": done, "expected": expected, "rate": round(rate, 1)},
+    )

@@ -17,11 +17,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from vesper.errors import InvalidChangeset, StoreDamaged, VesperError
 from vesper.history.changeset import Changeset, parse_changeset
+from vesper.history.revision import parse_revision
 from vesper.replication import wire
 from vesper.replication.catchup import AntiEntropy
+from vesper.replication.loglimit import LogLimit
 from vesper.replication.quarantine import Quarantine, Rejected
 from vesper.replication.stats import Stats
 from vesper.replication.transport import Delivery, Link
@@ -42,6 +45,17 @@ ANNOUNCE_BACKLOG = 1_000
 again within seconds, and a flood of invented ones must not delay changesets)."""
 ANNOUNCE_PER_ROUND = 200
 """Announcements handled between two batches of changesets and requests."""
+CONFLICT_CHECKS_PER_BATCH = 200
+"""Objects looked up for new conflicts per batch, at most (only objects written by a
+changeset concurrent with what this node had are looked up at all)."""
+CONFLICT_LINES = 10
+CONFLICT_WINDOW_S = 10.0
+"""At most CONFLICT_LINES conflict lines per CONFLICT_WINDOW_S, then one with the
+count of those not logged."""
+PROGRESS_LOG_S = 5.0
+PROGRESS_BACKLOG = 100
+"""Messages waiting that make a sustained apply (a returning node's backlog, a flood)
+worth progress lines; catch-up answers are flow-controlled and log their own."""
 _WAKE = Delivery({}, b"", -1)
 
 
@@ -84,6 +98,23 @@ class ApplyWorker:
         self._stopping = False
         self._rejected: list[Rejected] = []
         self._log_limit = LogLimit()
+        self._conflict_log = LogLimit(
+            CONFLICT_LINES,
+            CONFLICT_WINDOW_S,
+            lambda n, _, s: (
+                f"{n} more conflicts in the last {s:.0f} s not logged; GET /api/conflicts "
+                "lists them"
+            ),
+            log,
+            logging.INFO,
+        )
+        self.conflicts = 0
+        """Conflicts detected since start: concurrent writes of different values to one
+        property (or to an object's existence) that this node resolved."""
+        self.busy_since: float | None = None
+        """Monotonic time the batch being applied was taken (None: idle)."""
+        self._sustained: list[float] | None = None
+        """[started, applied, last logged] of a sustained apply, for progress lines."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vesper-apply", daemon=True)
@@ -135,6 +166,7 @@ class ApplyWorker:
                     self._queue.put(_WAKE)
             if not batch:
                 continue
+            self.busy_since = time.monotonic()
             try:
                 self._process(batch)
             except StoreDamaged:
@@ -154,6 +186,8 @@ class ApplyWorker:
                 link = self._current_link()
                 if link is not None and link.generation == batch[-1].generation:
                     link.close()
+            finally:
+                self.busy_since = None
 
     def _process(self, batch: list[Delivery]) -> None:
         failure = self._store.failure
@@ -206,8 +240,11 @@ class ApplyWorker:
             except Exception as exc:
                 self._reject(delivery, "malformed", f"{type(exc).__name__}: {exc}")
         if changesets:
+            before = self._store.version_vector
             result = self._apply(changesets)
             self._report(result, carriers)
+            self._note_conflicts(result.applied, changesets, before)
+            self._note_progress(len(result.applied))
             if self._relay is not None and (result.applied or result.adopted):
                 # Signatures taken over for held copies travel on too, so the nodes
                 # behind a hub get them as well.
@@ -254,6 +291,108 @@ class ApplyWorker:
                     group[0].encode(),
                 )
             )
+
+    def _note_conflicts(
+        self, applied: list[str], given: list[Changeset], before: dict[str, int]
+    ) -> None:
+        """Count and log the conflicts the changesets just applied brought.
+
+        Only a changeset concurrent with what this node had applied before it (some
+        origin's counter above its causal context) can conflict, so in the usual flow,
+        one write after another, nothing is looked up; for the others, the objects
+        they wrote are looked up (CONFLICT_CHECKS_PER_BATCH at most) for a conflict
+        that names the changeset.
+        """
+        by_id = {cs.id: cs for cs in given}
+        seen = dict(before)
+        checks = CONFLICT_CHECKS_PER_BATCH
+        for cs_id in applied:
+            cs = by_id.get(cs_id)
+            if cs is not None:
+                origin, counter, base = cs.origin, cs.counter, cs.base
+                objects = [c["id"] for c in cs.changes]
+            else:  # released from pending: it arrived in an earlier batch
+                body = self._store.changeset(cs_id)
+                if body is None:
+                    continue
+                origin, _, number = cs_id.rpartition(".")
+                counter, base = int(number), parse_revision(body.get("base_revision", ""))
+                objects = [c.get("id") for c in body.get("changes", ())]
+            concurrent = any(c > base.get(o, 0) for o, c in seen.items() if o != origin)
+            seen[origin] = max(seen.get(origin, 0), counter)
+            if not concurrent:
+                continue
+            for obj_id in dict.fromkeys(objects):
+                if checks <= 0:
+                    return
+                checks -= 1
+                for conflict in self._store.conflicts(obj_id):
+                    sides = [conflict["winner"], *conflict["losers"]]
+                    if any(side["changeset"] == cs_id for side in sides):
+                        self._conflict(conflict)
+
+    def _conflict(self, conflict: dict[str, Any]) -> None:
+        self.conflicts += 1
+        if not self._conflict_log.allow("conflict"):
+            return
+        prop = conflict["property"]
+        winner = conflict["winner"]["changeset"]
+        losers = [side["changeset"] for side in conflict["losers"]]
+        log.info(
+            "conflict on object %r %s: %s wins over %s (concurrent writes; GET "
+            "/api/conflicts?id=... shows the values)",
+            conflict["id"],
+            "existence" if prop is None else f"property {prop!r}",
+            winner,
+            ", ".join(losers),
+            extra={"object": conflict["id"], "property": prop, "winner": winner, "losers": losers},
+        )
+
+    def _note_progress(self, applied: int) -> None:
+        """Progress lines while a large backlog is being applied."""
+        now = time.monotonic()
+        waiting = self.backlog
+        run = self._sustained
+        if run is None:
+            if waiting < PROGRESS_BACKLOG:
+                return
+            run = self._sustained = [now, 0, now]
+        run[1] += applied
+        elapsed = now - run[0]
+        if waiting == 0:
+            if elapsed >= PROGRESS_LOG_S:
+                log.info(
+                    "applied %d received changesets in %.0f s (%.0f/s); nothing waiting",
+                    run[1],
+                    elapsed,
+                    run[1] / elapsed,
+                    extra={"done": int(run[1])},
+                )
+            self._sustained = None
+        elif now - run[2] >= PROGRESS_LOG_S:
+            run[2] = now
+            log.info(
+                "applying received changesets: %d in %.0f s (%.0f/s), %d messages waiting",
+                run[1],
+                elapsed,
+                run[1] / max(elapsed, 1e-3),
+                waiting,
+                extra={"done": int(run[1]), "waiting": waiting},
+            )
+
+    def flush_logs(self) -> None:
+        """Write what the log limits held back once their window ended (service tick)."""
+        self._log_limit.flush()
+        self._conflict_log.flush()
+
+    def stalled_s(self) -> float:
+        """How long the batch being applied has taken (0 when idle); infinite when the
+        worker thread died while it should run."""
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stopping:
+            return float("inf")
+        since = self.busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def _relay_applied(
         self, applied: list[str], changesets: list[Changeset], sources: dict[str, str]
@@ -353,29 +492,3 @@ class ApplyWorker:
 def _counter_above(changeset_id: object, counter: int) -> bool:
     _, _, text = str(changeset_id).rpartition(".")
     return text.isdigit() and int(text) > counter
-
-
-class LogLimit:
-    """At most ``per_window`` log lines per reason and window, then one line saying how
-    many were not logged: a flood of forged messages must not flood the log (every one
-    is still counted and quarantined)."""
-
-    def __init__(self, per_window: int = 10, window_s: float = 60.0) -> None:
-        self._per_window = per_window
-        self._window_s = window_s
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def allow(self, reason: str) -> bool:
-        now = time.monotonic()
-        start, count = self._windows.get(reason, (now, 0))
-        if now - start >= self._window_s:
-            if count > self._per_window:
-                log.warning(
-                    "%d more messages rejected (%s) in the last %.0f s; see GET /api/quarantine",
-                    count - self._per_window,
-                    reason,
-                    now - start,
-                )
-            start, count = now, 0
-        self._windows[reason] = (start, count + 1)
-        return count < self._per_window

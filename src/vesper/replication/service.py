@@ -16,17 +16,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from vesper.errors import ConfigError
 from vesper.history.changeset import Changeset
 from vesper.history.revision import parse_revision
-from vesper.replication import wire
+from vesper.replication import stomplog, wire
 from vesper.replication.brokers import BrokerProfile
 from vesper.replication.catchup import AntiEntropy
+from vesper.replication.health import Drain
 from vesper.replication.link import StompLink
+from vesper.replication.loglimit import LogLimit
 from vesper.replication.quarantine import Quarantine
-from vesper.replication.receiver import ApplyWorker, LogLimit
+from vesper.replication.receiver import ApplyWorker
 from vesper.replication.sender import OutboxSender
 from vesper.replication.stats import Stats
 from vesper.replication.tls import BrokerTls
@@ -82,6 +85,10 @@ class ReplicationConfig:
     new key at every start would be refused by the peers that pinned its first one)."""
     trusted_keys: dict[str, tuple[str, ...]] | None = None
     peer_expiry_s: float = 7 * 24 * 3600.0
+    peer_gone_after_s: float = 60.0
+    """A peer not heard from for this long is shown as gone."""
+    ready_timeout_s: float = 60.0
+    """Disconnected from every broker, or stuck, this long: not ready (``/ready``)."""
     tls_hosts: frozenset[tuple[str, int]] = frozenset()
     """The brokers of ``hosts`` reached over TLS."""
     tls: BrokerTls = field(default_factory=BrokerTls)
@@ -102,6 +109,8 @@ class ReplicationConfig:
             key=key,
             trusted_keys=settings.replication_trusted_keys,
             peer_expiry_s=settings.replication_peer_expiry,
+            peer_gone_after_s=settings.replication_peer_gone_after,
+            ready_timeout_s=settings.replication_ready_timeout,
             tls_hosts=frozenset(h for h in hosts if settings.broker_tls(h)),
             tls=BrokerTls(
                 ca_file=settings.replication_tls_ca,
@@ -157,6 +166,14 @@ class ReplicationService:
         self._client_id_taken_since: float | None = None
         self._started = threading.Event()
         self._log_limit = LogLimit()
+        stomplog.install()
+        self._disconnected_since: float | None = time.monotonic()
+        """Monotonic time replication lost (or, from the start, has not had) a broker."""
+        self._disconnected_at: str | None = _iso_now()
+        self._connected_at_wall: str | None = None
+        self.last_error: str | None = None
+        """Why the last attempt to reach a broker, or the last connection, failed."""
+        self._pending_drain = Drain()
         # Catch-up runs on every channel: a hub answers the nodes of each of them.
         self.anti_entropy = {
             channel: AntiEntropy(
@@ -168,6 +185,7 @@ class ReplicationService:
                 self.key,
                 self.keyring,
                 config.peer_expiry_s,
+                config.peer_gone_after_s,
             )
             for channel in config.channels
         }
@@ -354,12 +372,17 @@ class ReplicationService:
             if self.store.failure is not None:
                 self._halt(self.store.failure)
                 return
+            self._watch()
             if self._link is None or not self._link.connected:
-                if self._connect_any():
+                failures = self._connect_any()
+                if not failures:
                     delay = BACKOFF_INITIAL_S
                 else:
                     # Jitter spreads reconnects of many nodes after a broker restart.
-                    self._stop.wait(delay * random.uniform(0.5, 1.5))
+                    wait = delay * random.uniform(0.5, 1.5)
+                    if not self._stop.is_set():
+                        self._log_failures(failures, wait)
+                    self._stop.wait(wait)
                     delay = min(delay * 2, BACKOFF_MAX_S)
                     continue
             self._lost.wait(TICK_S)
@@ -386,42 +409,67 @@ class ReplicationService:
         if link is not None:
             link.close()
 
-    def _connect_any(self) -> bool:
+    def _log_failures(self, failures: list[str], wait: float) -> None:
+        """One line per broker tried, with its reason; the last says when the next
+        round starts."""
+        for i, failure in enumerate(failures):
+            if i < len(failures) - 1:
+                log.warning("cannot replicate through %s", failure)
+            else:
+                log.warning(
+                    "cannot replicate through %s; next attempt in %.1f s",
+                    failure,
+                    wait,
+                    extra={"retry_in_s": round(wait, 1)},
+                )
+
+    def _connect_any(self) -> list[str]:
+        """Connect to the first broker that answers; what went wrong with each one
+        tried, as ``host:port: reason`` (empty: connected)."""
         hosts = self.config.hosts
         old = self._link
         self._link = None
+        self._mark_disconnected()
         start = self._next_host
         if old is not None:
             old.close()
             start += 1  # a connection was lost: try the brokers after that one first
+        failures = []
         for i in range(len(hosts)):
             index = (start + i) % len(hosts)
             if self._stop.is_set():
-                return False
-            if self._connect(hosts[index]):
+                break
+            problem = self._connect(hosts[index])
+            if problem is None:
                 self._next_host = index
-                return True
-        return False
+                return []
+            failures.append(f"{hosts[index][0]}:{hosts[index][1]}: {problem}")
+        return failures or ["no broker: stopping"]
 
-    def _connect(self, host: tuple[str, int]) -> bool:
+    def _connect(self, host: tuple[str, int]) -> str | None:
+        """Connect and subscribe; None when done, else why not."""
         self._generation += 1
         link = self._make_link(
             host, self._generation, self.worker.deliver, self.sender.receipt, self._on_lost
         )
+        stomplog.clear()
         try:
             profile = link.connect()
             for sub_id, (kind, channel) in self._routes.items():
                 link.subscribe(kind, channel, sub_id, acked=self.config.send_ack)
         except Exception as exc:
-            log.warning("cannot replicate through %s:%d: %s", host[0], host[1], exc)
             link.close()
+            problem = _reason(exc, stomplog.take_connect_error())
+            self.last_error = f"{host[0]}:{host[1]}: {problem}"
             if _client_id_taken(str(exc)) and self._client_id_taken_since is None:
                 self._client_id_taken_since = time.monotonic()
-            return False
+            return problem
         self._client_id_taken_since = None
         self.profile = profile
         self._link = link
         self._connected_at = time.monotonic()
+        self._disconnected_since = self._disconnected_at = None
+        self._connected_at_wall = _iso_now()
         log.info(
             "replicating through %s (%s) on %s",
             link.address,
@@ -431,7 +479,7 @@ class ReplicationService:
         for anti_entropy in self.anti_entropy.values():
             anti_entropy.on_connected()
         self.sender.wake()
-        return True
+        return None
 
     def _stomp_link(
         self,
@@ -472,10 +520,58 @@ class ReplicationService:
 
     def _on_lost(self, link: Link) -> None:
         if link is self._link:
-            log.warning(
-                "lost connection to broker %s: %s", link.address, link.error or "disconnected"
-            )
+            reason = link.error or "disconnected"
+            log.warning("lost connection to broker %s: %s", link.address, reason)
+            self.last_error = f"{link.address}: {reason}"
+            self._mark_disconnected()
             self._lost.set()
+
+    def _mark_disconnected(self) -> None:
+        if self._disconnected_since is None:
+            self._disconnected_since = time.monotonic()
+            self._disconnected_at = _iso_now()
+
+    # -- readiness -----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Supervisor loop, every round: sample what readiness follows, and write what
+        the log limits held back."""
+        self._pending_drain.observe(self.store.pending_count, time.monotonic())
+        self.worker.flush_logs()
+
+    def ready_problems(self) -> list[str]:
+        """Why replication makes this node unfit for traffic (``GET /ready``): no broker
+        for longer than ``ready_timeout_s``, an apply that does not finish, or changesets
+        pending for a predecessor for that long. Empty when none."""
+        now = time.monotonic()
+        timeout = self.config.ready_timeout_s
+        problems = []
+        since = self._disconnected_since
+        if since is not None and now - since >= timeout:
+            problems.append(
+                f"replication disconnected from every broker for {now - since:.0f} s "
+                f"(replication_ready_timeout = {timeout:g}): {self.last_error or 'no broker'}"
+            )
+        stalled = self.worker.stalled_s()
+        if stalled >= timeout:
+            problems.append(
+                "replication stuck: the apply worker "
+                + (
+                    "stopped"
+                    if stalled == float("inf")
+                    else f"has run one batch for {stalled:.0f} s"
+                )
+                + f", {self.worker.backlog} messages waiting"
+            )
+        pending = self.store.pending_count
+        self._pending_drain.observe(pending, now)
+        blocked = self._pending_drain.blocked_s(now)
+        if blocked >= timeout:
+            problems.append(
+                f"replication stuck: {pending} changesets pending for {blocked:.0f} s, waiting "
+                "for predecessors no peer has sent (pending_detail in /api/status)"
+            )
+        return problems
 
     # -- status --------------------------------------------------------------------
 
@@ -512,6 +608,11 @@ class ReplicationService:
             "quarantine_held": self.worker.quarantine.held,
             "branch_claims": dict(self.claims),
             "refused_by": sorted({b for ae in self.anti_entropy.values() for b in ae.refusing()}),
+            "connected_since": self._connected_at_wall if connected else None,
+            "disconnected_since": None if connected else self._disconnected_at,
+            "last_error": self.last_error,
+            "conflicts": self.worker.conflicts,
+            "problems": self.ready_problems(),
         }
         peers: dict[str, Any] = {}
         catchup = None
@@ -538,6 +639,19 @@ class ReplicationService:
                 )
             )[:10]
         return detail
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _reason(exc: Exception, stomp_reason: str | None) -> str:
+    """What went wrong connecting: stomp.py raises ConnectFailedException without a
+    word, and said why in its own (demoted) log line."""
+    text = str(exc)
+    if stomp_reason and text.startswith("ConnectFailedException"):
+        return stomp_reason
+    return text or type(exc).__name__
 
 
 def _client_id_taken(error: str) -> bool:
