@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.replication.harness import Node, new_channel
+from tests.replication.harness import Node, new_channel, wait_for
+from tests.replication.memory_transport import Make, MemoryBroker, MemoryNode
 from vesper.broker.process import BrokerProcess
 
 
@@ -69,3 +70,30 @@ def cluster(tmp_path: Path) -> Iterator[Callable[..., list[Node]]]:
     yield make
     for node in made:
         node.stop()
+
+
+# -- the in-memory transport (test_units, test_peer_states, test_readiness) ----------
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> MemoryBroker:
+    """An in-memory broker; the tests that use it never run against a real one."""
+    if request.config.getoption("--mq"):
+        pytest.skip("runs on the in-memory transport, never on a broker: the default run")
+    return MemoryBroker()
+
+
+@pytest.fixture
+def node(broker: MemoryBroker) -> Iterator[Make]:
+    """Makes replication services on ``broker``, each connected before it is returned."""
+    made: list[MemoryNode] = []
+
+    def make(branch: str, **config: object) -> MemoryNode:
+        n = MemoryNode(broker, branch, **config).start()  # type: ignore[arg-type]
+        made.append(n)
+        wait_for(lambda: n.service.current_link() is not None, 10, f"{branch} connected")
+        return n
+
+    yield make
+    for n in made:
+        n.stop()

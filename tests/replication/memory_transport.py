@@ -23,6 +23,9 @@ from vesper.replication.transport import Delivery, LinkError, OnLost, OnMessage,
 from vesper.store import open_store
 from vesper.trust.keys import NodeKey
 
+#: What the ``node`` fixture gives: makes a started MemoryNode for a branch id.
+Make = Callable[..., "MemoryNode"]
+
 
 @dataclass
 class _Subscription:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
 
 from tests.replication.harness import wait_for
-from tests.replication.memory_transport import MemoryBroker, MemoryNode
+from tests.replication.memory_transport import Make, MemoryBroker, MemoryNode
 from vesper.replication import catchup, peer_state, wire
 from vesper.replication.peer_state import (
     CATCHING_UP,
@@ -27,9 +26,6 @@ from vesper.replication.peer_state import (
     ChangesetTimes,
     Standing,
 )
-
-Make = Callable[..., MemoryNode]
-
 
 # -- the rules -----------------------------------------------------------------------
 
@@ -131,28 +127,6 @@ def test_changeset_times_are_read_once_and_within_a_budget() -> None:
 
 
 # -- on replication services ---------------------------------------------------------
-
-
-@pytest.fixture
-def broker(request: pytest.FixtureRequest) -> MemoryBroker:
-    if request.config.getoption("--mq"):
-        pytest.skip("runs on the in-memory transport, never on a broker: the default run")
-    return MemoryBroker()
-
-
-@pytest.fixture
-def node(broker: MemoryBroker) -> Iterator[Make]:
-    made: list[MemoryNode] = []
-
-    def make(branch: str, **config: object) -> MemoryNode:
-        n = MemoryNode(broker, branch, **config).start()  # type: ignore[arg-type]
-        made.append(n)
-        wait_for(lambda: n.service.current_link() is not None, 10, f"{branch} connected")
-        return n
-
-    yield make
-    for n in made:
-        n.stop()
 
 
 @pytest.fixture

@@ -8,39 +8,13 @@ a real broker stopped and restarted, is in tests/api/test_status.py.)
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
-
 from tests.replication.harness import wait_for
-from tests.replication.memory_transport import MemoryBroker, MemoryNode
+from tests.replication.memory_transport import Make, MemoryBroker, MemoryNode
 from vesper.replication import wire
 
-Make = Callable[..., MemoryNode]
 TIMEOUT_S = 1.0
-
-
-@pytest.fixture
-def broker(request: pytest.FixtureRequest) -> MemoryBroker:
-    if request.config.getoption("--mq"):
-        pytest.skip("runs on the in-memory transport, never on a broker: the default run")
-    return MemoryBroker()
-
-
-@pytest.fixture
-def node(broker: MemoryBroker) -> Iterator[Make]:
-    made: list[MemoryNode] = []
-
-    def make(branch: str, **config: object) -> MemoryNode:
-        n = MemoryNode(broker, branch, **config).start()  # type: ignore[arg-type]
-        made.append(n)
-        wait_for(lambda: n.service.current_link() is not None, 10, f"{branch} connected")
-        return n
-
-    yield make
-    for n in made:
-        n.stop()
 
 
 def problems(n: MemoryNode) -> list[str]:

@@ -9,47 +9,22 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.replication.harness import wait_for
-from tests.replication.memory_transport import MemoryBroker, MemoryNode
+from tests.replication.memory_transport import Make, MemoryBroker, MemoryNode
 from vesper.replication import wire
 from vesper.store import open_store
 from vesper.trust import verifier as verifier_module
 from vesper.trust.keys import NodeKey
 from vesper.trust.signing import content_hash, sign
 
-Make = Callable[..., MemoryNode]
-
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@pytest.fixture
-def broker(request: pytest.FixtureRequest) -> MemoryBroker:
-    if request.config.getoption("--mq"):
-        pytest.skip("runs on the in-memory transport, never on a broker: the default run")
-    return MemoryBroker()
-
-
-@pytest.fixture
-def node(broker: MemoryBroker) -> Iterator[Make]:
-    made: list[MemoryNode] = []
-
-    def make(branch: str, **config: object) -> MemoryNode:
-        n = MemoryNode(broker, branch, **config).start()  # type: ignore[arg-type]
-        made.append(n)
-        wait_for(lambda: n.service.current_link() is not None, 10, f"{branch} connected")
-        return n
-
-    yield make
-    for n in made:
-        n.stop()
 
 
 def changeset_message(*bodies: dict) -> tuple[dict[str, str], bytes]:

@@ -75,7 +75,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "MergePatch": {
         "type": "object",
-        "description": "JSON Merge Patch (RFC 7386): null removes a property",
+        "description": "JSON Merge Patch (RFC 7396): null removes a property",
         "additionalProperties": True,
     },
     "Revision": {"type": "object", "required": ["revision"], "properties": {"revision": _REVISION}},

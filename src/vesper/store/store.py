@@ -267,7 +267,7 @@ class Store:
         return self._commit([object_op("replace", doc, obj_id)])
 
     def update(self, obj_id: str, patch: Mapping[str, Any]) -> CommitResult:
-        """Apply a JSON Merge Patch (RFC 7386) to an existing object."""
+        """Apply a JSON Merge Patch (RFC 7396) to an existing object."""
         return self._commit([update_op(obj_id, patch)])
 
     def delete(self, obj_id: str) -> CommitResult:
