@@ -66,9 +66,9 @@ PY
   xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
   http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false"
-          brokerName="localhost" dataDirectory="\${activemq.base}/data">
+          brokerName="localhost" dataDirectory="$dir/data">
     <persistenceAdapter>
-      <kahaDB directory="\${activemq.base}/data/kahadb"/>
+      <kahaDB directory="$dir/data/kahadb"/>
     </persistenceAdapter>
     <plugins>
       <simpleAuthenticationPlugin anonymousAccessAllowed="true"
