@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -37,11 +38,20 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self) -> NodeProcess:
+    def start(self) -> Self:
+        return self.launch().ready()
+
+    def launch(self) -> Self:
+        """Start the process without waiting for it to serve (see ``ready``)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, env=self.env
             )
+        return self
+
+    def ready(self) -> Self:
+        """Wait until the launched process logs its URL; fail with its log if not."""
+        assert self.proc is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             match = URL_RE.search(self.log())

@@ -20,7 +20,6 @@ import dataclasses
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ import pytest
 import stomp
 import stomp.exception
 
-from tests.api.conftest import STARTUP_TIMEOUT_S, URL_RE, NodeProcess, node_command
+from tests.api.conftest import NodeProcess, node_command
 from tests.replication.harness import new_channel, wait_for
 from tests.tlsutil import CA, make_ca, make_cert, self_signed
 from vesper.broker.process import BrokerProcess
@@ -46,30 +45,9 @@ ANSWER_S = 15.0
 
 
 class Node(NodeProcess):
-    """A ``vesper serve`` process that can be launched without waiting for it: a node
+    """A ``vesper serve`` process with the replication views these tests read. A node
     that cannot reach its broker serves only after ``wait_started`` gives up (10 s), so
-    tests launch those first and let the others start meanwhile."""
-
-    def launch(self) -> Node:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.args, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
-            )
-        return self
-
-    def ready(self) -> Node:
-        assert self.proc is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            match = URL_RE.search(self.log())
-            if match:
-                self.url = match.group(1)
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.kill()
-        pytest.fail(f"vesper serve did not start; its log:\n{self.log()}")
+    tests ``launch`` those first and call ``ready`` once the others have started."""
 
     def status(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/api/status", timeout=30).json()
