@@ -65,6 +65,7 @@ if str(SRC) not in sys.path:
 import stomp  # noqa: E402
 
 import benchlib  # noqa: E402 - bench/ is on sys.path when a script runs
+from _nodes import BenchError, log  # noqa: E402
 from vesper.broker.process import BrokerProcess  # noqa: E402
 from vesper.replication.brokers import BrokerProfile, detect  # noqa: E402
 from vesper.replication.service import ReplicationConfig, ReplicationService  # noqa: E402
@@ -127,14 +128,6 @@ class Figure:
             return ""
         ok = self.value <= self.target if self.lower_is_better else self.value >= self.target
         return "PASS" if ok else "MISS"
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def doc(i: int) -> dict[str, Any]:
