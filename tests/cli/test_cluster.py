@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -311,13 +312,13 @@ def _command_lines() -> list[str]:
 
 
 def _free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free ports."""
+    """The first of ``n`` consecutive free ports, below the ephemeral range so that no
+    outgoing connection takes one between this check and the cluster binding it."""
     for _ in range(100):
+        port = random.randint(10000, 32000 - n)
         socks = [socket.socket() for _ in range(n)]
         try:
-            socks[0].bind(("127.0.0.1", 0))
-            port = socks[0].getsockname()[1]
-            for i, s in enumerate(socks[1:], 1):
+            for i, s in enumerate(socks):
                 s.bind(("127.0.0.1", port + i))
         except OSError:
             continue
