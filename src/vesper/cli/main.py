@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "cluster": ("vesper.cli.cluster", "demo: an embedded broker and N replicating nodes"),
     "keygen": ("vesper.cli.keygen", "print a new Ed25519 key pair for replication_key_file"),
     "check": ("vesper.cli.check", "check a store file for damage (integrity and hash chain)"),
+    "status": ("vesper.cli.status", "the cluster as a table: each node's state, lag and queues"),
     "verify": ("vesper.cli.verify", "compare nodes' digests and list the objects that differ"),
 }
 

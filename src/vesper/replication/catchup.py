@@ -608,10 +608,11 @@ class AntiEntropy:
         now = time.monotonic()
         wall_ms = time.time() * 1000
         budget = [AGE_READS_PER_STATUS]
+        ours = self._store.revision_and_digest()
         with self._lock:
             self._follow_peers(now, have)
             peers = {
-                b: self._peer_status(p, have, now, wall_ms, budget)
+                b: self._peer_status(p, have, ours, now, wall_ms, budget)
                 for b, p in sorted(self.peers.items())
             }
             req = self.request
@@ -628,9 +629,16 @@ class AntiEntropy:
         return {"peers": peers, "catchup": catchup}
 
     def _peer_status(
-        self, peer: Peer, have: dict[str, int], now: float, wall_ms: float, budget: list[int]
+        self,
+        peer: Peer,
+        have: dict[str, int],
+        ours: tuple[str, str],
+        now: float,
+        wall_ms: float,
+        budget: list[int],
     ) -> dict[str, Any]:
-        """One peer's entry in the status (docs/http-api.md#get-apistatus)."""
+        """One peer's entry in the status (docs/http-api.md#get-apistatus); ``ours`` is
+        this node's revision and digest."""
         standing = peer.standing
         behind_seconds = None
         if standing.behind_us:
@@ -638,13 +646,13 @@ class AntiEntropy:
             if oldest is not None:
                 behind_seconds = round(max(0.0, wall_ms - oldest) / 1000, 1)
         revision = format_revision(peer.revision)
-        ours, digest = self._store.revision_and_digest()
+        our_revision, digest = ours
         return {
             "revision": revision,
             "digest": peer.digest,
             # The same changesets must give the same objects: a different digest at the
             # same revision means the stores diverged (a bug or a damaged store).
-            "diverged": revision == ours and peer.digest not in (None, digest),
+            "diverged": revision == our_revision and peer.digest not in (None, digest),
             "state": standing.state(now, now - peer.seen, self._peer_gone_after_s),
             "behind_us": standing.behind_us,
             "behind_us_s": behind_seconds,
