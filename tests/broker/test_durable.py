@@ -143,3 +143,62 @@ def test_durable_and_plain_subscribers_on_one_topic(broker, client) -> None:
     pub.send_sync(TOPIC, "both")
     assert durable.wait_messages(1)[0].body == "both"
     assert plain.wait_messages(1)[0].body == "both"
+
+
+# -- no-local: a subscriber's own messages stay out of its subscription -----------------
+
+
+def test_no_local_durable_skips_its_own_client_ids_messages_across_reconnects(
+    broker, client
+) -> None:
+    def node() -> object:
+        c = client(broker.port, **{"client-id": "node-1"})
+        headers = {"activemq.subscriptionName": "replication", "no-local": "true"}
+        c.conn.subscribe(
+            TOPIC, id="1", ack="client-individual", headers={**headers, "receipt": "s"}
+        )
+        c.wait_receipt("s")
+        return c
+
+    me = node()
+    other = client(broker.port)
+    me.send_sync(TOPIC, "mine")
+    other.send_sync(TOPIC, "theirs")
+    assert [m.body for m in me.wait_messages(1)] == ["theirs"]
+    me.ack(me.messages[0], receipt="a")
+    me.wait_receipt("a")
+    me.close()
+    wait_until(lambda: broker.stats()["connections"] == 1, what="subscriber gone")
+    # Away: another client's messages are kept for it; a client that takes its
+    # client-id meanwhile publishes as it, so those stay out too (it is offline, and
+    # a message under its own id is one it does not need).
+    other.send_sync(TOPIC, "while away")
+    impostor = client(broker.port, **{"client-id": "node-1"})
+    impostor.send_sync(TOPIC, "as node-1")
+    impostor.close()
+    wait_until(lambda: broker.stats()["connections"] == 1, what="impostor gone")
+    back = node()
+    other.send_sync(TOPIC, "after")
+    assert [m.body for m in back.wait_messages(2)] == ["while away", "after"]
+    assert [m.body for m in back.messages] == ["while away", "after"]
+
+
+def test_no_local_only_for_the_subscriber_that_asks(broker, client) -> None:
+    quiet = client(broker.port)
+    quiet.conn.subscribe(TOPIC, id="q", headers={"no-local": "true", "receipt": "q"})
+    quiet.wait_receipt("q")
+    everything = client(broker.port)
+    everything.conn.subscribe(TOPIC, id="e", headers={"receipt": "e"})
+    everything.wait_receipt("e")
+    quiet.send_sync(TOPIC, "from quiet")
+    everything.send_sync(TOPIC, "from everything")
+    assert [m.body for m in everything.wait_messages(2)] == ["from quiet", "from everything"]
+    assert [m.body for m in quiet.wait_messages(1)] == ["from everything"]
+    assert len(quiet.messages) == 1
+
+
+def test_no_local_must_be_true_or_false(broker, client) -> None:
+    c = client(broker.port)
+    c.conn.subscribe(TOPIC, id="x", headers={"no-local": "yes"})
+    error = c.wait_error()
+    assert "no-local" in error.headers.get("message", "") + error.body

@@ -81,9 +81,10 @@ class Router:
                 self.durables[s.name] = box
                 self.topics.setdefault(s.destination, []).append(box)
 
-    def route(self, message: Message) -> list[Mailbox | MemoryBudget]:
+    def route(self, message: Message, publisher: object = None) -> list[Mailbox | MemoryBudget]:
         """Hand a message to its destination; returns what its publisher must wait for:
         memory-only mailboxes over their limit, or the budget when memory is short.
+        Topic mailboxes whose ``no_local`` is ``publisher`` are passed over.
 
         Mailboxes that can spill to disk do so by themselves. A plain topic
         subscription over its limit is never waited for: its consumer is too slow and
@@ -101,7 +102,7 @@ class Router:
         budget = self.budget
         full: list[Mailbox | MemoryBudget] = []
         for box in boxes:
-            if box.closed:
+            if box.closed or (publisher is not None and box.no_local == publisher):
                 continue
             box.push(message)
             if box.stored:

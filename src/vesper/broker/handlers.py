@@ -14,7 +14,7 @@ from vesper import __version__
 from vesper.broker import durable
 from vesper.broker.config import MIN_HEARTBEAT_MS
 from vesper.broker.control import CONTROL_PREFIX, STATUS, handle_control, send_status
-from vesper.broker.destinations import QUEUE_PREFIX, check_destination
+from vesper.broker.destinations import QUEUE_PREFIX, TOPIC_PREFIX, check_destination
 from vesper.broker.errors import AccessDenied, LimitExceeded, ProtocolError
 from vesper.broker.frames import Frame, encode_frame
 from vesper.broker.mailbox import Mailbox
@@ -175,7 +175,7 @@ def publish(conn: StompConnection, frame: Frame) -> None:
         handle_control(conn, frame)
         return
     message = Message.from_send(frame, broker.new_message_id())
-    for full in broker.router.route(message):
+    for full in broker.router.route(message, _publisher(conn)):
         if isinstance(full, Mailbox):
             # A client consuming the full mailbox itself must keep being read: its
             # ACKs are what drains the mailbox.
@@ -245,6 +245,8 @@ def on_subscribe(conn: StompConnection, frame: Frame) -> None:
         box = router.durable(name, destination, owner=user.name)
     else:
         box = router.private(destination)
+    if destination.startswith(TOPIC_PREFIX):
+        box.no_local = _publisher(conn) if _flag(h, "no-local") else None
     conn.sub_count += 1
     sub = Subscription(conn, sub_id, conn.sub_count, ack, prefetch, box, name)
     conn.subscriptions[sub_id] = sub
@@ -288,6 +290,21 @@ def on_unsubscribe(conn: StompConnection, frame: Frame) -> None:
         conn.end_subscription(sub)
     if name is not None:
         router.delete_durable(name)
+
+
+def _publisher(conn: StompConnection) -> object:
+    """Who published, for ``no-local``: the client-id, which one connection at a time
+    holds and a durable subscription outlives connections by, else the connection."""
+    return conn.client_id if conn.client_id is not None else conn
+
+
+def _flag(headers: dict[str, str], name: str) -> bool:
+    value = headers.get(name)
+    if value is None:
+        return False
+    if value not in ("true", "false"):
+        raise ProtocolError(f"bad {name}", f"{name}:{value} is neither true nor false")
+    return value == "true"
 
 
 def _owner_label(box: Mailbox) -> str:

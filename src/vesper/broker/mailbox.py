@@ -108,6 +108,9 @@ class Mailbox:
         self._rr = 0
         self.blocked: set[Publisher] = set()
         self.closed = False
+        self.no_local: object | None = None
+        """Set by a SUBSCRIBE with ``no-local:true``: the publisher (its client-id, or
+        its connection without one) whose messages this topic mailbox does not take."""
 
     def __repr__(self) -> str:
         return f"<Mailbox {self.kind} {self.name!r} pending={len(self.pending)}>"
