@@ -48,6 +48,8 @@ class MemoryBroker:
         self.sent: list[tuple[str, dict[str, str], bytes]] = []
         """Every message sent, for assertions."""
         self.hold_receipts = False
+        self.failing_sends = 0
+        """The next this many sends raise LinkError with the link left open."""
         self.drop: Callable[[str, dict[str, str], bytes], bool] = lambda d, h, b: False
         self.up = True
 
@@ -171,6 +173,9 @@ class MemoryLink:
     ) -> None:
         if not self.connected:
             raise LinkError("not connected")
+        if self.broker.failing_sends > 0:
+            self.broker.failing_sends -= 1
+            raise LinkError("send failed")
         self.broker.publish(destination, dict(headers), bytes(body))
         if receipt is not None:
             if self.broker.hold_receipts:

@@ -8,6 +8,7 @@ deliver it.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -605,3 +606,37 @@ def test_a_damaged_store_halts_replication_and_acknowledges_nothing(
     with pytest.raises(AssertionError):
         wait_for(lambda: b.service.current_link() is not None, 2, "B reconnected")
     assert b.store.get("later") is None
+
+
+# -- supervisor ------------------------------------------------------------------------
+
+
+def test_a_send_failing_right_after_connecting_does_not_end_replication(
+    broker: MemoryBroker, node: Make
+) -> None:
+    broker.failing_sends = 1  # the first announcement, sent as the link comes up
+    a = node("A")
+    b = node("B")
+    a.store.create({"id": "after-the-failed-send"})
+    wait_for(lambda: b.store.get("after-the-failed-send"), 10, "the write on B")
+    assert any(t.name == "vesper-replication" and t.is_alive() for t in threading.enumerate())
+
+
+def test_the_supervisor_survives_an_unexpected_error_and_still_reconnects(
+    broker: MemoryBroker, node: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = node("A"), node("B")
+    real_watch = a.service._watch
+    failures = [RuntimeError("a bug in the supervisor's round")]
+
+    def watch_once_failing() -> None:
+        if failures:
+            raise failures.pop()
+        real_watch()
+
+    monkeypatch.setattr(a.service, "_watch", watch_once_failing)
+    wait_for(lambda: not failures, 10, "the failing round")
+    a.link.lose()  # only a living supervisor reconnects
+    wait_for(lambda: a.service.current_link() is not None and a.link.connected, 10, "A back")
+    a.store.create({"id": "after-the-error"})
+    wait_for(lambda: b.store.get("after-the-error"), 10, "the write on B")

@@ -367,6 +367,16 @@ class ReplicationService:
     # -- connection ----------------------------------------------------------------
 
     def _supervise(self) -> None:
+        # The one thread that reconnects: if it ended, replication would stop for good
+        # while the node kept serving, so nothing it meets may end it.
+        while not self._stop.is_set():
+            try:
+                self._supervise_rounds()
+            except Exception:
+                log.exception("replication supervisor failed; starting it again")
+                self._stop.wait(1.0)
+
+    def _supervise_rounds(self) -> None:
         delay = BACKOFF_INITIAL_S
         while not self._stop.is_set():
             if self.store.failure is not None:
@@ -476,8 +486,14 @@ class ReplicationService:
             profile.server or profile.name,
             ", ".join(self.config.channels),
         )
-        for anti_entropy in self.anti_entropy.values():
-            anti_entropy.on_connected()
+        try:
+            for anti_entropy in self.anti_entropy.values():
+                anti_entropy.on_connected()
+        except Exception:
+            # The first announcement failed (the connection broke at once, or a bug):
+            # the connection is kept if it still stands, the announcement goes out
+            # with the next tick, and a lost connection is noticed as any other.
+            log.warning("announcing after connecting failed", exc_info=True)
         self.sender.wake()
         return None
 
@@ -616,12 +632,19 @@ class ReplicationService:
         }
         peers: dict[str, Any] = {}
         catchup = None
+        answering: dict[str, Any] = {}
         for channel, anti_entropy in self.anti_entropy.items():
             part = anti_entropy.status()
             for branch, info in part["peers"].items():
                 peers.setdefault(branch, {**info, "channel": channel})
             catchup = catchup or part["catchup"]
-        out.update(peers=peers, catchup=catchup, pending_detail=self._pending_detail(peers))
+            answering.update(part["answering"])
+        out.update(
+            peers=peers,
+            catchup=catchup,
+            answering=answering,
+            pending_detail=self._pending_detail(peers),
+        )
         return out
 
     def _pending_detail(self, peers: dict[str, Any]) -> list[dict[str, Any]]:
