@@ -169,7 +169,10 @@ SCHEMAS: dict[str, Any] = {
                 "description": "this node's Ed25519 key ('ed25519:...'); null without replication",
             },
             "revision": _REVISION,
-            "digest": {"type": "string", "description": "SHA-256 of all objects"},
+            "digest": {
+                "type": "string",
+                "description": "LtHash of the live objects (GET /api/digest; docs/http-api.md)",
+            },
             "objects": {"type": "integer"},
             "pending": {"type": "integer"},
             "outbox": {"type": "integer"},
@@ -196,6 +199,29 @@ SCHEMAS: dict[str, Any] = {
                     },
                 },
             },
+        },
+    },
+    "Digest": {
+        "type": "object",
+        "required": ["digest", "revision", "buckets"],
+        "properties": {
+            "digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "revision": _REVISION,
+            "buckets": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "minItems": 256,
+                "maxItems": 256,
+                "description": "bucket b holds the objects whose sha256(id) starts with byte b",
+            },
+        },
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["ready", "reasons"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
         },
     },
     "QuarantineEntry": {
@@ -335,6 +361,24 @@ PATHS: dict[str, Any] = {
             },
         },
     },
+    "/api/digest": {
+        "get": {
+            "summary": "The digest of the live objects and of each of its 256 buckets, with "
+            "the revision they describe (one snapshot)",
+            "responses": {"200": _json(_ref("Digest"), "the digest"), **_errors(400)},
+        },
+    },
+    "/ready": {
+        "get": {
+            "summary": "Readiness: 503 with the reasons when the store is unusable, the node "
+            "is stuck or replication is down too long",
+            "responses": {
+                "200": _json(_ref("Readiness"), "ready"),
+                "503": _json(_ref("Readiness"), "not ready, and why"),
+                **_errors(400),
+            },
+        },
+    },
     "/health": {
         "get": {
             "summary": "Liveness",
@@ -353,7 +397,7 @@ PATHS: dict[str, Any] = {
 
 
 #: Paths that never need a token (docs/http-api.md, Authentication).
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health", "/ready")
 _SECURITY_SCHEMES = {
     "bearer": {
         "type": "http",

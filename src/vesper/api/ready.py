@@ -21,5 +21,4 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         reasons = ctx.node.ready_reasons()
         return json_response({"ready": not reasons, "reasons": reasons}, 503 if reasons else 200)
 
-    # Left out of /openapi.json until the hand-written document describes it.
-    return [Route("/ready", ready, methods=["GET"], include_in_schema=False)]
+    return [Route("/ready", ready, methods=["GET"])]
