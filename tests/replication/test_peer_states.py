@@ -72,6 +72,37 @@ def test_a_difference_seen_at_first_sight_is_not_taken_for_one_in_flight() -> No
     assert standing.state(peer_state.STUCK_AFTER_S, 0.0, 60) == STUCK
 
 
+def test_what_a_quiet_peer_lacks_is_not_in_flight_also_once_it_is_back() -> None:
+    """Written while the peer was away (or just before it went quiet): it comes back
+    catching up, not in sync, however fresh the writes, until it has them."""
+    standing = Standing()
+    standing.update({"A": 1}, {"A": 1}, now=0.0)
+    standing.update({"A": 50}, {"A": 1}, now=1.0)  # in flight, as far as we know
+    assert standing.state(1.0, 0.5, 60) == IN_SYNC
+    standing.update({"A": 300}, {"A": 1}, now=2.0, quiet=True)  # it went quiet
+    assert standing.state(2.0, 9.0, 60) == CATCHING_UP
+    standing.update({"A": 300}, {"A": 40}, now=3.0)  # back, and catching up
+    assert standing.state(3.0, 0.1, 60) == CATCHING_UP
+    standing.update({"A": 300}, {"A": 60}, now=4.0)  # past the first mark: the rest
+    assert standing.state(4.0, 0.1, 60) == CATCHING_UP
+    standing.update({"A": 300}, {"A": 300}, now=5.0)
+    assert standing.state(5.0, 0.1, 60) == IN_SYNC
+    standing.update({"A": 305}, {"A": 300}, now=6.0)  # fresh writes: in flight again
+    assert standing.state(6.0, 0.1, 60) == IN_SYNC
+
+
+def test_a_peer_that_caught_up_under_a_steady_stream_of_writes_is_in_sync_again() -> None:
+    standing = Standing()
+    standing.update({"A": 300}, {"A": 1}, now=0.0, quiet=True)
+    standing.update({"A": 320}, {"A": 300}, now=1.0)  # covered; 20 newer remain
+    assert standing.state(1.0, 0.1, 60) == CATCHING_UP
+    for second in range(2, 30):
+        # Each announcement covers what this node had a second before.
+        standing.update({"A": 320 + 20 * second}, {"A": 300 + 20 * second}, now=float(second))
+    assert standing.state(29.0, 0.1, 60) == IN_SYNC
+    assert standing.behind_us == 20
+
+
 def test_catchup_traffic_counts_as_progress() -> None:
     standing = Standing()
     standing.update({}, {"B": 5_000}, now=0.0)

@@ -8,6 +8,7 @@ the test's tmp_path and to ``$VESPER_ARTIFACTS`` when set.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ def test_stopped_node_turns_gone_then_catches_up(
     expect(page.locator('#topology g.topo-node[data-node="N3"]')).to_have_attribute(
         "data-state", "gone"
     )
-    missed = 300
+    missed = 600
     with cluster.client("N1") as client:
         for i in range(missed):
             client.post("/api/objects", json={"id": f"missed-{i}", "i": i}).raise_for_status()
@@ -151,12 +152,24 @@ def test_stopped_node_turns_gone_then_catches_up(
     expect(page.locator("#chart polyline.commits")).to_have_count(1)
     screenshot(page, "gone-and-behind")
 
-    # Back, applying 10 ms slower per changeset: about 3 s of catch-up to watch.
-    cluster.start("N3", apply_delay_s=0.01)
+    # Back, applying 20 ms slower per changeset, 25 per transaction: about 12 s of
+    # catch-up to watch, eight polls of the page.
+    cluster.start("N3", apply_delay_s=0.02)
     progress = page.locator('[data-progress="to-N3"]')
     expect(progress).to_be_visible(timeout=ms(SHOWN_S))
     expect(progress).to_contain_text(f"of {missed} changesets")
+    expect(peer(page, "N3")).to_have_attribute("data-state", "catching_up")
     screenshot(page, "catching-up")
+    bar = progress.locator('[role="progressbar"]')
+    first = int(bar.get_attribute("aria-valuenow") or 0)
+    deadline = time.monotonic() + 30
+    while True:
+        expect(progress).to_be_visible()  # gone before it moved: nothing was watched
+        now = int(bar.get_attribute("aria-valuenow") or 0)
+        if now > first:
+            break
+        assert time.monotonic() < deadline, f"the progress bar stayed at {first}"
+        page.wait_for_timeout(100)
     expect(peer(page, "N3")).to_have_attribute("data-state", "in_sync", timeout=ms(30))
     expect(peer(page, "N3").locator('[data-field="behind_us"]')).to_have_text("0")
     expect(progress).to_have_count(0)

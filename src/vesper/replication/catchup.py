@@ -38,7 +38,7 @@ import orjson
 from vesper.history.revision import dominates, format_revision, parse_revision
 from vesper.replication import wire
 from vesper.replication.loglimit import LogLimit
-from vesper.replication.peer_state import ChangesetTimes, Standing
+from vesper.replication.peer_state import SYNC_GRACE_S, ChangesetTimes, Standing
 from vesper.replication.stats import Stats
 from vesper.store import Store
 from vesper.trust.keyring import Keyring
@@ -111,6 +111,15 @@ class Answer:
     acked: int = 0
     """The highest batch number the asker acknowledged."""
     wake: threading.Condition = field(default_factory=threading.Condition)
+    started: float = field(default_factory=time.monotonic)
+    expected: int = 0
+    """Changesets the asker lacks, as counted when the answer started."""
+    sent: int = 0
+    """Changesets sent so far."""
+    through: dict[int, int] = field(default_factory=dict)
+    """Changesets sent up to and including each batch not yet acknowledged."""
+    applied: int = 0
+    """Changesets in the batches the asker acknowledged: applied there."""
 
 
 @dataclass
@@ -243,7 +252,8 @@ class AntiEntropy:
         for branch, peer in self.peers.items():
             standing = peer.standing
             heard = peer.seen > standing.compared_at
-            standing.update(have, peer.revision, now)
+            quiet = now - peer.seen >= min(SYNC_GRACE_S, self._peer_gone_after_s)
+            standing.update(have, peer.revision, now, quiet)
             if standing.big_gap(heard) and self._gap_log.allow("gap"):
                 if standing.ahead_of_us >= standing.behind_us:
                     log.info(
@@ -518,7 +528,10 @@ class AntiEntropy:
             if asker is not None and batch > answer.acked:
                 asker.standing.moved(time.monotonic())
         with answer.wake:
-            answer.acked = max(answer.acked, batch)
+            if batch > answer.acked:
+                answer.acked = batch
+                for number in [n for n in answer.through if n <= batch]:
+                    answer.applied = max(answer.applied, answer.through.pop(number))
             answer.wake.notify_all()
 
     def _answer(self, asker: str, since: dict[str, int], answer: Answer) -> None:
@@ -533,6 +546,7 @@ class AntiEntropy:
         limit = FIRST_BATCH_BYTES
         started = last_log = time.monotonic()
         expected = sum(max(0, c - since.get(o, 0)) for o, c in self._store.version_vector.items())
+        answer.expected = expected
 
         # This node's own changesets are mostly stored unsigned (the sender signs the
         # last of each message it publishes); the last of ours in each batch is signed
@@ -551,6 +565,8 @@ class AntiEntropy:
                 ):
                     return False
             numbered += 1
+            with answer.wake:
+                answer.through[numbered] = sent
             extra = {wire.BATCH: str(numbered), **({wire.LAST: "true"} if last else {})}
             self._send(destination, b"[" + b",".join(batch) + b"]", {**headers, **extra})
             limit = min(limit * 2, ANSWER_BATCH_BYTES)
@@ -589,6 +605,7 @@ class AntiEntropy:
                 batch.append(encoded)
                 size += len(encoded)
                 sent += 1
+                answer.sent = sent
                 if sent % 100 == 0 and time.monotonic() - last_log >= PROGRESS_LOG_S:
                     last_log = time.monotonic()
                     log_progress(
@@ -615,6 +632,15 @@ class AntiEntropy:
                 b: self._peer_status(p, have, ours, now, wall_ms, budget)
                 for b, p in sorted(self.peers.items())
             }
+            answering = {
+                asker: {
+                    "applied": a.applied,
+                    "sent": a.sent,
+                    "expected": a.expected,
+                    "seconds": round(now - a.started, 1),
+                }
+                for asker, a in sorted(self._answering.items())
+            }
             req = self.request
             catchup = (
                 None
@@ -626,7 +652,7 @@ class AntiEntropy:
                     "seconds": round(now - req.started, 1),
                 }
             )
-        return {"peers": peers, "catchup": catchup}
+        return {"peers": peers, "catchup": catchup, "answering": answering}
 
     def _peer_status(
         self,

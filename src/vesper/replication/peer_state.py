@@ -9,7 +9,8 @@ changesets), which is progress; so is a difference that got smaller, or catch-up
 traffic with the peer. From that:
 
 - ``in_sync``: no difference, or only changesets in flight (a difference that arose
-  while in sync and is younger than ``SYNC_GRACE_S``);
+  while in sync, or after the peer covered the previous one within ``SYNC_GRACE_S``,
+  and is younger than that; never one the peer missed while it was quiet);
 - ``catching_up``: a difference older than that, which made progress within
   ``STUCK_AFTER_S``;
 - ``stuck``: a difference that made no progress for ``STUCK_AFTER_S``;
@@ -57,9 +58,13 @@ class Mark:
     covers: dict[str, int]
     """The revision that, once reached by the side that lacks, clears that difference."""
     in_flight: bool
-    """It arose while the two were in sync (or from a mark that was covered), so for a
-    while it is taken for changesets on their way; a difference seen at first sight of
-    the peer is not."""
+    """It arose while the two were in sync, or from a mark covered soon enough, so for
+    a while it is taken for changesets on their way; a difference seen at first sight
+    of the peer, or while it was quiet, is not."""
+    missed: bool = False
+    """The peer was quiet while it was outstanding: it is being caught up, and the mark
+    that follows it once covered is not in flight either (the one after that is, if
+    the peer covers it within the grace)."""
 
 
 @dataclass
@@ -83,9 +88,13 @@ class Standing:
     compared_at: float = float("-inf")
     """Monotonic time of the last comparison."""
 
-    def update(self, mine: dict[str, int], theirs: dict[str, int], now: float) -> None:
+    def update(
+        self, mine: dict[str, int], theirs: dict[str, int], now: float, quiet: bool = False
+    ) -> None:
         """Compare the two revisions (the dicts are kept, never changed: pass fresh
-        ones, as the store and each announcement give)."""
+        ones, as the store and each announcement give). ``quiet``: the peer has not
+        been heard for a while, so nothing is in flight to or from it: what it lacks
+        now it will have to catch up, also after it is back."""
         behind, ahead = difference(mine, theirs), difference(theirs, mine)
         if behind < self.behind_us or ahead < self.ahead_of_us:
             self.progress_at = now
@@ -96,6 +105,10 @@ class Standing:
         self.ahead, moved_a = _follow(self.ahead, ahead, mine, theirs, now, first)
         if moved_b or moved_a or first:
             self.progress_at = now
+        if quiet:
+            for mark in (self.behind, self.ahead):
+                if mark is not None:
+                    mark.in_flight, mark.missed = False, True
         self.behind_us, self.ahead_of_us = behind, ahead
         if behind == 0 and ahead == 0:
             self.gap_logged = False
@@ -147,7 +160,10 @@ def _follow(
     if mark is None:
         return Mark(now, current, in_flight=not first), True
     if dominates(holder, mark.covers):
-        return Mark(now, current, in_flight=True), True
+        # Covered: what is left is in flight if the peer keeps up (the old mark was, or
+        # it was covered within the grace); a peer being caught up is not.
+        kept_up = mark.in_flight or (not mark.missed and now - mark.since < SYNC_GRACE_S)
+        return Mark(now, current, in_flight=kept_up), True
     return mark, False
 
 

@@ -576,7 +576,7 @@
         title: "changesets this node has and the peer has not announced",
       }),
       withDigest
-        ? h("th", { text: "Digest", title: "SHA-256 of all objects, as the peer announced it" })
+        ? h("th", { text: "Digest", title: "LtHash of the live objects, as the peer announced it" })
         : null,
       h("th", { text: "Last heard" }),
       extras.map((key) => h("th", { text: humanize(key) })),
@@ -831,8 +831,21 @@
     } else {
       own.key = null;
     }
+    // Catch-up answers this node is streaming, by asker: a detail of that peer's bar,
+    // whose own figures come from its announcements (a returning node also receives
+    // what its durable subscription kept, so the answer is only part of its progress).
+    const answering =
+      replication.answering && typeof replication.answering === "object"
+        ? replication.answering
+        : {};
     for (const peer of peers) {
       if (peer.state === "gone") continue;
+      const answer = answering[peer.name];
+      const answerText =
+        answer && typeof answer === "object" && isNumber(answer.expected) && answer.expected > 0
+          ? ` · answering its catch-up: ${num(isNumber(answer.applied) ? answer.applied : 0)}` +
+            ` of ${num(answer.expected)} applied there`
+          : "";
       if (peer.weBar && peer.maxWeLack > 0) {
         items.push(
           progressBar(
@@ -853,7 +866,8 @@
             peer.maxTheyLack - peer.theyLack,
             peer.maxTheyLack,
             `${num(peer.maxTheyLack - peer.theyLack)} of ${num(peer.maxTheyLack)} changesets` +
-              (peer.theyRate ? ` · ${rate(peer.theyRate)}/s` : ""),
+              (peer.theyRate ? ` · ${rate(peer.theyRate)}/s` : "") +
+              answerText,
           ),
         );
       }
