@@ -157,14 +157,15 @@ class Node:
     def status(self) -> dict[str, Any]:
         """The ``GET /api/status`` document (docs/http-api.md).
 
-        Reads the database (the outbox count) and asks the replication service, so
-        callers on an event loop run it in a thread.
+        Asks the replication service, which takes locks that commits hold, so callers
+        on an event loop run it in a thread.
         """
         store = self.store
-        revision, digest, objects = store_summary(store)
-        outbox, pending = store.outbox_count, store.pending_count
+        revision, digest, objects, outbox, pending = store_summary(store)
         if self.replication is not None:
             replication = self.replication.status()
+            # The replication part reads them a moment later: one state throughout.
+            replication.update(outbox=outbox, pending=pending)
         else:
             replication = disabled_replication_status(outbox, pending)
         return {
@@ -183,12 +184,14 @@ SUMMARY_TRIES = 3
 """Unlocked reads of the summary before it is read under the store's lock."""
 
 
-def store_summary(store: Store) -> tuple[str, str, int]:
-    """The revision, the digest and the number of objects of one and the same state.
+def store_summary(store: Store) -> tuple[str, str, int, int, int]:
+    """The revision, the digest, the number of objects, the outbox and the pending
+    counts of one and the same state.
 
     ``revision_and_digest`` reads one snapshot, and the object count is the store's
     in-memory one, which commits change under the store's lock: read under that lock,
-    it belongs to the revision read with it. The count belongs to the digest's state
+    it belongs to the revision read with it (so do the outbox and pending counts,
+    kept in memory under the same lock). The count belongs to the digest's state
     when the two revisions agree (a revision names exactly one set of changesets, and
     so one state). Commits may move the revision between the two reads, so after a few
     tries the digest is read under the lock too, which holds commits back meanwhile.
@@ -198,10 +201,10 @@ def store_summary(store: Store) -> tuple[str, str, int]:
         revision, digest = store.revision_and_digest()
         with lock:
             if store.revision == revision:
-                return revision, digest, store.count
+                return revision, digest, store.count, store.outbox_count, store.pending_count
     with lock:
         revision, digest = store.revision_and_digest()
-        return revision, digest, store.count
+        return revision, digest, store.count, store.outbox_count, store.pending_count
 
 
 def disabled_replication_status(outbox: int = 0, pending: int = 0) -> dict[str, Any]:

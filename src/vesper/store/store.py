@@ -201,6 +201,7 @@ class Store:
         # once from the last changeset of each origin.
         self._heads: dict[str, str] = self._compute_heads() if heads is None else heads
         self._pending = PendingIndex.load(self.db)
+        self._outbox: int = self.db.fetch("SELECT count(*) FROM outbox")[0][0]
 
     def _open_digest(self) -> None:
         self._digest = DigestIndex.load(self.db, format_revision(self._vv), self._digest_kept)
@@ -321,6 +322,7 @@ class Store:
                 seq = self._insert_changeset(conn, self.branch_id, counter, body, changes)
                 if self.outbox_enabled:
                     conn.execute("INSERT INTO outbox(seq) VALUES (?)", (seq,))
+                    self._outbox += 1
             self._save_state(conn)
         result = CommitResult(body["revision"], [op.id for op in ops], body["id"])
         for listener in self._commit_listeners:
@@ -572,13 +574,13 @@ class Store:
 
     @contextmanager
     def _rollback_memory_on_error(self) -> Iterator[None]:
-        """Keep the in-memory vector, clock, count, pending index and digest equal to
+        """Keep the in-memory vector, clock, counts, pending index and digest equal to
         the database: when a transaction (or its COMMIT) fails, put them back."""
-        saved = dict(self._vv), self._clock.last, self._live, dict(self._heads)
+        saved = dict(self._vv), self._clock.last, self._live, dict(self._heads), self._outbox
         try:
             yield
         except BaseException:
-            self._vv, self._clock.last, self._live, self._heads = saved
+            self._vv, self._clock.last, self._live, self._heads, self._outbox = saved
             self._pending.rollback()
             self._digest.rollback()
             raise
@@ -754,24 +756,28 @@ class Store:
 
     def outbox_confirm(self, seqs: Iterable[int]) -> None:
         """The broker confirmed these: they leave the outbox."""
-        with self.db.write() as conn:
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        with self.db.lock:
+            with self.db.write() as conn:
+                cur = conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            self._outbox -= cur.rowcount  # committed
 
     def queue_unsigned_own(self) -> int:
         """Once per store: put this store's own changesets that carry no signature
         (written before signing, or before replication was on) in the outbox, so that
         the sender signs and publishes them and every peer takes the signature over for
         its copy. Returns how many were queued."""
-        with self.db.lock, self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM meta WHERE key = 'own_signed'").fetchone():
-                return 0
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO outbox(seq) SELECT seq FROM changesets "
-                "WHERE origin = ? AND json_extract(body, '$.sig') IS NULL "
-                "AND seq NOT IN (SELECT seq FROM outbox)",
-                (self.branch_id,),
-            )
-            conn.execute("INSERT INTO meta VALUES ('own_signed', '1')")
+        with self.db.lock:
+            with self.db.write() as conn:
+                if conn.execute("SELECT 1 FROM meta WHERE key = 'own_signed'").fetchone():
+                    return 0
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO outbox(seq) SELECT seq FROM changesets "
+                    "WHERE origin = ? AND json_extract(body, '$.sig') IS NULL "
+                    "AND seq NOT IN (SELECT seq FROM outbox)",
+                    (self.branch_id,),
+                )
+                conn.execute("INSERT INTO meta VALUES ('own_signed', '1')")
+            self._outbox += cur.rowcount  # committed
             return cur.rowcount
 
     def own_head(self) -> tuple[int, str]:
@@ -781,7 +787,9 @@ class Store:
 
     @property
     def outbox_count(self) -> int:
-        return self.db.read("SELECT count(*) FROM outbox")[0][0]
+        """Committed changesets the broker has not confirmed (kept in memory: status
+        reads it on every call, and a long outage makes the outbox large)."""
+        return self._outbox
 
 
 def _normalized(change: dict[str, Any]) -> dict[str, Any]:
