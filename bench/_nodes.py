@@ -29,7 +29,7 @@ import orjson
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-SERVING_RE = re.compile(r" serving (https?)://(\S+):(\d+)\s")
+SERVING_RE = re.compile(r' serving (https?)://([^\s"]+):(\d+)[\s"]')  # text or JSON log
 
 
 class BenchError(Exception):

@@ -44,7 +44,7 @@ TARGETS_PER_S = {"writes": 1500.0, "reads": 3000.0}
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 WARMUP_S = 0.5
-URL_RE = re.compile(r"serving (http://\S+)")
+URL_RE = re.compile(r'serving (http://[^\s"]+)')
 
 
 @dataclass

@@ -21,7 +21,7 @@ import pytest
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-URL_RE = re.compile(r"serving (https?://\S+)")
+URL_RE = re.compile(r'serving (https?://[^\s"]+)')  # text or JSON log line
 FAULTY_NODE = Path(__file__).with_name("faulty_node.py")
 
 

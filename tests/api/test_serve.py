@@ -194,3 +194,14 @@ def test_a_second_sigterm_while_stopping_still_exits_0(start_node: StartNode) ->
     if node.proc.poll() is None:
         node.proc.send_signal(signal.SIGTERM)
     assert node.wait() == 0, node.log()
+
+
+def test_a_node_logging_json_is_found_by_its_serving_line(start_node: StartNode) -> None:
+    """The start-up helpers (this suite's, the benches', ``vesper cluster``'s) read the
+    URL from the log in either format."""
+    node = start_node(BASIC_CONFIG + "log_format = 'json'\n")
+    assert node.url.startswith("http://127.0.0.1:") and '"' not in node.url
+    with node.client() as client:
+        assert client.get("/health").status_code == 200
+    serving = [line for line in node.log().splitlines() if " serving " in line]
+    assert serving and all(line.startswith("{") for line in serving)

@@ -60,7 +60,7 @@ REPLY_TIMEOUT_S = STOP_TIMEOUT_S + START_TIMEOUT_S + 30.0
 POLL_S = 0.2
 LOG_LINES = 10
 """Lines of a log shown when its process exits."""
-URL_RE = re.compile(rb"serving (https?://\S+)")
+URL_RE = re.compile(rb'serving (https?://[^\s"]+)')  # text or JSON log line
 STATE_FILE = "cluster.json"
 LOCK_FILE = "cluster.lock"
 CONTROL_DIR = "control"
