@@ -230,6 +230,55 @@ def test_a_peer_that_cannot_get_what_it_lacks_is_stuck_on_both_sides_until_it_ca
     assert any(m.startswith("catch-up from A done: ") for m in lines), lines
 
 
+def test_the_asking_side_logs_its_catch_up_progress_with_the_time_left(
+    broker: MemoryBroker,
+    node: Make,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="vesper.replication")
+    monkeypatch.setattr(catchup, "PROGRESS_LOG_S", 0.0)
+    a, b = node("A"), node("B")
+    wait_for(lambda: peer_is(b, "A"), 10, "A listed on B")
+
+    # B gets A's changesets only by catch-up, and of each answer only the first batch:
+    # its request stays open, part done, until it times out.
+    def held(destination: str, headers: dict[str, str], body: bytes) -> bool:
+        if destination == wire.topic("c"):
+            return True
+        return destination == wire.node_queue("c", "B") and int(headers.get(wire.BATCH, 0)) > 1
+
+    broker.drop = held
+    for i in range(2000):
+        a.store.create({"id": f"p{i}", "pad": "x" * 200})
+
+    def progress_line() -> bool:
+        return any(
+            re.fullmatch(
+                r"catch-up from A: \d+ of ~2000 changesets in \d+ s \(\d+/s, about \d+ s left\)",
+                r.getMessage(),
+            )
+            for r in caplog.records
+        )
+
+    wait_for(progress_line, 30, lambda: str([r.getMessage() for r in caplog.records][-5:]))
+    broker.drop = lambda destination, headers, body: False
+    wait_for(lambda: b.store.revision == a.store.revision, 60, "B caught up")
+
+
+def test_a_peer_silent_past_the_expiry_is_forgotten(
+    broker: MemoryBroker, node: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vesper.replication")
+    a = node("A", peer_gone_after_s=1.0, peer_expiry_s=2.5)
+    b = node("B")
+    wait_for(lambda: peer_is(a, "B", state=IN_SYNC), 10, "B listed on A")
+    b.service.stop()
+    wait_for(lambda: peer_is(a, "B", state=GONE), 10, lambda: str(peer(a, "B")))
+    wait_for(lambda: peer(a, "B") is None, 10, lambda: str(peer(a, "B")))
+    assert any(r.getMessage() == "peer B silent for 2 s: forgotten" for r in caplog.records)
+
+
 def test_a_silent_peer_is_gone_and_comes_back(broker: MemoryBroker, node: Make) -> None:
     a = node("A", peer_gone_after_s=1.0)
     b = node("B")
