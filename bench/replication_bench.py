@@ -250,7 +250,7 @@ def start_broker(name: str, workdir: Path) -> BrokerInfo:
         info = BrokerInfo(name, broker.host, broker.port, stop=broker.stop)
     elif name in ("activemq", "rabbitmq"):
         # RabbitMQ also binds port+1 (AMQP) and port+2 (Erlang distribution).
-        port = free_port(3 if name == "rabbitmq" else 1)
+        port = free_port(4 if name == "rabbitmq" else 2)  # as scripts/brokers/*.sh bind
         script = str(SCRIPTS / f"{name}.sh")
         folder.mkdir(parents=True)
 
