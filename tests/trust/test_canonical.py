@@ -40,6 +40,20 @@ def test_canonical_form_does_not_depend_on_key_order_or_reencoding(value: object
         assert canonical(dict(reversed(list(value.items())))) == canonical(value)
 
 
+@settings(max_examples=2000)
+@given(
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(min_value=1e-5, max_value=1e17)
+    | st.floats(min_value=-1e17, max_value=-1e-5)
+    | st.sampled_from([1e-4, 1e16, 9999999999999998.0, 0.00009999999999999999, 2.0, -0.0])
+)
+def test_floats_written_by_orjson_directly_are_canonical(x: float) -> None:
+    """Whole-number floats and those outside 1e-4..1e16 take the slow path; the rest
+    are written as orjson writes them, which must be JCS's text."""
+    assert canonical(x) == rfc8785.dumps(x)
+    assert canonical({"k": [x, {"x": x}]}) == rfc8785.dumps({"k": [x, {"x": x}]})
+
+
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_numbers_read_back_as_the_same_double(x: float) -> None:
     assert float(es_number(x)) == x or (x == 0 and es_number(x) == b"0")

@@ -1,12 +1,17 @@
 """RFC 8785 (JSON Canonicalization Scheme) encoding: the bytes that are hashed and signed.
 
-orjson with sorted keys already writes JCS for every value except two: floats, which JCS
-writes the way ECMAScript's ``Number.prototype.toString`` does (``1e+16`` becomes
-``10000000000000000``, ``-0.0`` becomes ``0``), and object keys, which JCS sorts by
+orjson with sorted keys already writes JCS for every value except two: some floats, which
+JCS writes the way ECMAScript's ``Number.prototype.toString`` does (``1e+16`` becomes
+``10000000000000000``, ``-0.0`` becomes ``0``, ``2.0`` becomes ``2``), and object keys,
+which JCS sorts by
 UTF-16 code units where Python sorts by code points (they differ only between
 U+E000..U+FFFF and characters beyond U+FFFF). So values are encoded by orjson, with each
 float replaced by an ``orjson.Fragment`` of its JCS text and, only where a key needs it,
-an object re-ordered. That is about 20 times faster than the pure-Python ``rfc8785``
+an object re-ordered. Floats that are not whole numbers, from 1e-4 up to 1e16 (prices,
+scores, coordinates: most floats a document holds), are the exception: both write them
+in plain decimal with the shortest digits that read back, so orjson's text is already
+canonical and they need no fragment (tested against ``rfc8785``). That is about 20 times
+faster than the pure-Python ``rfc8785``
 package on a typical changeset, which matters because every commit and every applied
 changeset is hashed.
 
@@ -39,15 +44,19 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _plain(value: Any) -> bool:
-    """Whether orjson's sorted output of ``value`` is already canonical: no floats, and
-    no key that sorts differently in UTF-16. One pass without recursion or copies: a
-    changeset is hashed on every commit and every apply, and this is most of the cost."""
+    """Whether orjson's sorted output of ``value`` is already canonical: no float that
+    ECMAScript writes otherwise, and no key that sorts differently in UTF-16. One pass
+    without recursion or copies: a changeset is hashed on every commit and every apply,
+    and this is most of the cost."""
     stack = [value]
     scalars = _SCALARS
     while stack:
         item = stack.pop()
         kind = type(item)
-        if kind is dict:
+        if kind is float:
+            if not 1e-4 <= abs(item) < 1e16 or item.is_integer():
+                return False
+        elif kind is dict:
             for key, child in item.items():
                 if not key.isascii() and max(key) >= _HIGH_BMP:
                     return False
