@@ -42,6 +42,7 @@ from vesper.store import history as history_queries
 from vesper.store.digest import KEPT_MARK, DigestIndex
 from vesper.store.integrity import ChainWatch, verify_on_open
 from vesper.store.ops import Op, fold, object_op, parse_op, update_op
+from vesper.store.outbox_tail import OutboxTail
 from vesper.store.pending import PendingIndex
 from vesper.store.query import Where, iter_objects, parse_where
 from vesper.trust.signing import content_hash
@@ -202,6 +203,7 @@ class Store:
         self._heads: dict[str, str] = self._compute_heads() if heads is None else heads
         self._pending = PendingIndex.load(self.db)
         self._outbox: int = self.db.fetch("SELECT count(*) FROM outbox")[0][0]
+        self._tail = OutboxTail(self.db.fetch("SELECT coalesce(max(seq), 0) FROM changesets")[0][0])
 
     def _open_digest(self) -> None:
         self._digest = DigestIndex.load(self.db, format_revision(self._vv), self._digest_kept)
@@ -295,35 +297,41 @@ class Store:
             raise self.db.damaged()  # before a refusal: its cure does not cure this
         if self.writes_refused is not None:
             raise WritesRefused(self.writes_refused)
-        with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
-            live_docs: dict[str, str] = {}
-            states = self._load_states(conn, {op.id for op in ops}, live_docs)
-            changes = [_normalized(c) for c in fold(ops, states.get)]
-            counter = self._vv.get(self.branch_id, 0) + 1
-            hlc = self._clock.tick()
-            base = dict(self._vv)
-            self._vv[self.branch_id] = counter
-            body = {
-                "v": FORMAT_VERSION,
-                "id": f"{self.branch_id}.{counter}",
-                "origin": self.branch_id,
-                "revision": format_revision(self._vv),
-                "base_revision": format_revision(base),
-                "prev": self._heads.get(self.branch_id, "") if counter > 1 else "",
-                "hlc": hlc,
-                "time": iso_time(wall_ms_of(hlc)),
-                "changes": changes,
-            }
-            self._heads[self.branch_id] = content_hash(body)
-            self._write_changes(
-                conn, states, live_docs, changes, self.branch_id, counter, hlc, base
-            )
-            if self.save_history:
-                seq = self._insert_changeset(conn, self.branch_id, counter, body, changes)
-                if self.outbox_enabled:
-                    conn.execute("INSERT INTO outbox(seq) VALUES (?)", (seq,))
-                    self._outbox += 1
-            self._save_state(conn)
+        with self.db.lock:
+            with self._rollback_memory_on_error(), self.db.write() as conn:
+                live_docs: dict[str, str] = {}
+                states = self._load_states(conn, {op.id for op in ops}, live_docs)
+                changes = [_normalized(c) for c in fold(ops, states.get)]
+                counter = self._vv.get(self.branch_id, 0) + 1
+                hlc = self._clock.tick()
+                base = dict(self._vv)
+                self._vv[self.branch_id] = counter
+                body = {
+                    "v": FORMAT_VERSION,
+                    "id": f"{self.branch_id}.{counter}",
+                    "origin": self.branch_id,
+                    "revision": format_revision(self._vv),
+                    "base_revision": format_revision(base),
+                    "prev": self._heads.get(self.branch_id, "") if counter > 1 else "",
+                    "hlc": hlc,
+                    "time": iso_time(wall_ms_of(hlc)),
+                    "changes": changes,
+                }
+                self._heads[self.branch_id] = content_hash(body)
+                self._write_changes(
+                    conn, states, live_docs, changes, self.branch_id, counter, hlc, base
+                )
+                queued = None
+                if self.save_history:
+                    text = orjson.dumps(body).decode()
+                    seq = self._insert_changeset(conn, self.branch_id, counter, body, changes, text)
+                    if self.outbox_enabled:
+                        conn.execute("INSERT INTO outbox(seq) VALUES (?)", (seq,))
+                        self._outbox += 1
+                        queued = seq, text
+                self._save_state(conn)
+            if queued is not None:
+                self._tail.append(*queued)  # committed; in seq order, under the lock
         result = CommitResult(body["revision"], [op.id for op in ops], body["id"])
         for listener in self._commit_listeners:
             listener(result)
@@ -544,10 +552,12 @@ class Store:
         counter: int,
         body: dict[str, Any],
         changes: list[dict[str, Any]],
+        text: str | None = None,
     ) -> int:
+        """Store a changeset (``text``: ``body`` as JSON, when the caller has it)."""
         cur = conn.execute(
             "INSERT INTO changesets(origin, counter, body) VALUES (?, ?, ?)",
-            (origin, counter, orjson.dumps(body).decode()),
+            (origin, counter, orjson.dumps(body).decode() if text is None else text),
         )
         seq = cur.lastrowid
         conn.executemany(
@@ -747,7 +757,11 @@ class Store:
     # -- outbox (used by replication) ----------------------------------------------
 
     def outbox_peek(self, limit: int = 100, after_seq: int = 0) -> list[tuple[int, str]]:
-        """Up to ``limit`` unconfirmed changesets ``(seq, body)`` in commit order."""
+        """Up to ``limit`` unconfirmed changesets ``(seq, body)`` in commit order: from
+        memory when it holds them (see OutboxTail), else from the table."""
+        fresh = self._tail.peek(limit, after_seq)
+        if fresh is not None:
+            return fresh
         return self.db.read(
             "SELECT o.seq, c.body FROM outbox o JOIN changesets c ON c.seq = o.seq "
             "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
@@ -777,7 +791,10 @@ class Store:
                     (self.branch_id,),
                 )
                 conn.execute("INSERT INTO meta VALUES ('own_signed', '1')")
+                top = conn.execute("SELECT coalesce(max(seq), 0) FROM changesets").fetchone()[0]
             self._outbox += cur.rowcount  # committed
+            if cur.rowcount:
+                self._tail.forget(top)
             return cur.rowcount
 
     def own_head(self) -> tuple[int, str]:
