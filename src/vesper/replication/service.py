@@ -219,7 +219,7 @@ class ReplicationService:
                 "were signed; peers keep the signatures for their copies",
                 queued,
             )
-        self.store.add_commit_listener(self.sender.wake)
+        self.store.add_commit_listener(self.sender.committed)
         self.worker.start()
         self.sender.start()
         self._thread = threading.Thread(
