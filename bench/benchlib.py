@@ -26,3 +26,12 @@ def machine(**extra: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         **extra,
     }
+
+
+def machine_line(**extra: Any) -> str:
+    """``machine`` as the one line the benchmarks print first."""
+    m = machine(**extra)
+    return (
+        f"machine: nproc={m['nproc']} cpu={m['cpu'] or '?'} python={m['python']} "
+        f"sqlite={m['sqlite']} ({m['platform']})"
+    )
