@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 
@@ -35,3 +37,14 @@ def machine_line(**extra: Any) -> str:
         f"machine: nproc={m['nproc']} cpu={m['cpu'] or '?'} python={m['python']} "
         f"sqlite={m['sqlite']} ({m['platform']})"
     )
+
+
+def installed_brokers() -> list[str]:
+    """The brokers a benchmark can start here: the embedded one always, ActiveMQ and
+    RabbitMQ when their distribution packages are installed."""
+    found = ["embedded"]
+    if shutil.which("java") and Path("/usr/share/activemq/bin/activemq.jar").exists():
+        found.append("activemq")
+    if Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists() and shutil.which("runuser"):
+        found.append("rabbitmq")
+    return found

@@ -54,7 +54,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -531,15 +530,6 @@ def free_port(count: int) -> int:
     return int(done.stdout.strip())
 
 
-def installed_brokers() -> list[str]:
-    found = ["embedded"]
-    if shutil.which("java") and Path("/usr/share/activemq/bin/activemq.jar").exists():
-        found.append("activemq")
-    if Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists() and shutil.which("runuser"):
-        found.append("rabbitmq")
-    return found
-
-
 class ApplyLog:
     """Reads what ``_timed_node.py`` appends: when B applied each object (first time)."""
 
@@ -949,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown system(s): {', '.join(unknown)}")
     else:
-        wanted = ["postgres", *installed_brokers()]
+        wanted = ["postgres", *benchlib.installed_brokers()]
     sizes = QUICK if args.quick else FULL
     # SIGTERM unwinds like Ctrl-C, so the clusters, brokers and nodes we started stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

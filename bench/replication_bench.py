@@ -41,7 +41,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -183,15 +182,6 @@ class BrokerInfo:
     @property
     def profile(self) -> BrokerProfile:
         return BrokerProfile(self.kind or "unknown", self.server)
-
-
-def available_brokers() -> list[str]:
-    found = ["embedded"]
-    if shutil.which("java") and Path("/usr/share/activemq/bin/activemq.jar").exists():
-        found.append("activemq")
-    if Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists() and shutil.which("runuser"):
-        found.append("rabbitmq")
-    return found
 
 
 def free_port(span: int = 1) -> int:
@@ -1003,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown broker(s): {', '.join(unknown)}")
     else:
-        wanted = available_brokers()
+        wanted = benchlib.installed_brokers()
     logging.basicConfig(level=logging.WARNING, format="A(%(name)s) %(levelname)s %(message)s")
     # SIGTERM unwinds like Ctrl-C, so the brokers we started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

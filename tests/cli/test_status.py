@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.ui.conftest import TOKEN, Cluster
-from vesper.broker.process import BrokerProcess
+from tests.ui.conftest import TOKEN, Cluster, three_nodes
 from vesper.cli.main import main
 
 BRANCHES = ("N1", "N2", "N3")
@@ -17,18 +16,8 @@ BRANCHES = ("N1", "N2", "N3")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    folder = tmp_path_factory.mktemp("status")
-    broker = BrokerProcess(folder / "broker", allow_anonymous=True, log_path=folder / "broker.log")
-    broker.start()
-    made = Cluster(folder, broker)
-    try:
-        for branch in BRANCHES:
-            made.start(branch)
-        made.wait(made.in_sync, made.describe, 30)
+    with three_nodes(tmp_path_factory.mktemp("status")) as made:
         yield made
-    finally:
-        made.kill_all()
-        broker.kill()
 
 
 def status(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, list[str]], str]:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -179,10 +180,10 @@ class Cluster:
             node.kill()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """N1, N2 and N3, connected and in sync; tests leave them so (all running)."""
-    folder = tmp_path_factory.mktemp("cluster")
+@contextmanager
+def three_nodes(folder: Path) -> Iterator[Cluster]:
+    """N1, N2 and N3 on a broker of their own, connected and in sync; all killed at the
+    end."""
     broker = BrokerProcess(
         folder / "broker", control=True, allow_anonymous=True, log_path=folder / "broker.log"
     )
@@ -196,3 +197,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         made.kill_all()
         broker.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """N1, N2 and N3, connected and in sync; tests leave them so (all running)."""
+    with three_nodes(tmp_path_factory.mktemp("cluster")) as made:
+        yield made
