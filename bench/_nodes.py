@@ -40,17 +40,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def small_doc(i: int) -> dict[str, Any]:
-    """The five-property document of core_bench.py (about 100 bytes of JSON)."""
-    return {
-        "name": f"item-{i}",
-        "n": i,
-        "price": round(i * 0.37, 2),
-        "tags": ["red", "blue"] if i % 2 else ["green"],
-        "active": i % 3 != 0,
-    }
-
-
 @dataclass
 class HttpNode:
     label: str

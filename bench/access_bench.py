@@ -70,11 +70,11 @@ from _nodes import (  # noqa: E402
     cpu_seconds,
     launch_node,
     log,
-    small_doc,
     stop_node,
     wait_serving,
     wait_until,
 )
+from benchlib import small_doc  # noqa: E402
 
 NOTE = "access bench " * 7
 """Pads a document to about 190 bytes of JSON."""

@@ -48,3 +48,14 @@ def installed_brokers() -> list[str]:
     if Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists() and shutil.which("runuser"):
         found.append("rabbitmq")
     return found
+
+
+def small_doc(i: int) -> dict[str, Any]:
+    """The benchmarks' small document: five properties, about 100 bytes of JSON."""
+    return {
+        "name": f"item-{i}",
+        "n": i,
+        "price": round(i * 0.37, 2),
+        "tags": ["red", "blue"] if i % 2 else ["green"],
+        "active": i % 3 != 0,
+    }

@@ -44,6 +44,7 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 import benchlib  # noqa: E402 - bench/ is on sys.path when a script runs
+from benchlib import small_doc  # noqa: E402
 from vesper.store.store import Store, open_store  # noqa: E402
 
 APPLY_BATCH = 500
@@ -88,17 +89,6 @@ class Figure:
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def small_doc(i: int) -> dict[str, Any]:
-    """A small document of five properties (about 100 bytes of JSON)."""
-    return {
-        "name": f"item-{i}",
-        "n": i,
-        "price": round(i * 0.37, 2),
-        "tags": ["red", "blue"] if i % 2 else ["green"],
-        "active": i % 3 != 0,
-    }
 
 
 def file_store(workdir: Path, name: str, branch: str = "BENCH") -> tuple[Store, str]:

@@ -34,7 +34,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
-from typing import Any
 
 import orjson
 
@@ -44,6 +43,7 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 import benchlib  # noqa: E402 - bench/ is on sys.path when a script runs
+from benchlib import small_doc  # noqa: E402
 from vesper.document import lthash  # noqa: E402
 from vesper.store.digest import DigestIndex  # noqa: E402
 from vesper.store.store import Store, open_store  # noqa: E402
@@ -64,17 +64,6 @@ class Sizes:
 
 FULL = Sizes(rounds=40, commits=100, bulk=20_000, status=100_000)
 QUICK = Sizes(rounds=10, commits=50, bulk=2_000, status=10_000)
-
-
-def small_doc(i: int) -> dict[str, Any]:
-    """The core benchmark's document: five properties, about 100 bytes of JSON."""
-    return {
-        "name": f"item-{i}",
-        "n": i,
-        "price": round(i * 0.37, 2),
-        "tags": ["red", "blue"] if i % 2 else ["green"],
-        "active": i % 3 != 0,
-    }
 
 
 @contextmanager

@@ -62,10 +62,10 @@ from _nodes import (  # noqa: E402
     HttpNode,
     cpu_seconds,
     log,
-    small_doc,
     stop_node,
     wait_until,
 )
+from benchlib import small_doc  # noqa: E402
 from vesper.history.changeset import Changeset, parse_changeset  # noqa: E402
 from vesper.store.store import Store, open_store  # noqa: E402
 from vesper.trust.keyring import Keyring  # noqa: E402
