@@ -1,5 +1,6 @@
-"""Logs: one format for node and broker, uvicorn's lines under vesper's names, one line
-per broker retry with its reason, and conflict lines that a flood cannot multiply."""
+"""Logs: one format for node and broker, uvicorn's lines under vesper's names, and one
+line per broker retry with its reason (the conflict lines are tested with the apply
+worker, in tests/replication/test_units.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.replication.harness import wait_for
-from tests.replication.memory_transport import MemoryBroker, MemoryNode
 from vesper import logformat
-from vesper.replication import receiver, wire
 from vesper.replication.service import ReplicationConfig, ReplicationService
 from vesper.store import open_store
 from vesper.trust.keys import NodeKey
@@ -222,58 +221,3 @@ def test_each_broker_retry_is_one_line_with_its_reason(caplog: pytest.LogCapture
     # stomp.py's own line for each attempt is DEBUG now, so at INFO it is not written.
     assert not [r for r in caplog.records if r.name == "stomp.py"]
     assert service.last_error and "Connection refused" in service.last_error
-
-
-@pytest.fixture
-def broker(request: pytest.FixtureRequest) -> MemoryBroker:
-    if request.config.getoption("--mq"):
-        pytest.skip("runs on the in-memory transport, never on a broker: the default run")
-    return MemoryBroker()
-
-
-@pytest.fixture
-def node(broker: MemoryBroker) -> Iterator[Callable[[str], MemoryNode]]:
-    made: list[MemoryNode] = []
-
-    def make(branch: str) -> MemoryNode:
-        n = MemoryNode(broker, branch).start()
-        made.append(n)
-        wait_for(lambda: n.service.current_link() is not None, 10, f"{branch} connected")
-        return n
-
-    yield make
-    for n in made:
-        n.stop()
-
-
-def test_conflicts_are_logged_one_line_each_up_to_a_limit(
-    broker: MemoryBroker,
-    node: Callable[[str], MemoryNode],
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    caplog.set_level(logging.INFO, logger="vesper.replication")
-    monkeypatch.setattr(receiver, "CONFLICT_LINES", 2)
-    monkeypatch.setattr(receiver, "CONFLICT_WINDOW_S", 1.0)
-    a, b = node("A"), node("B")
-    # Both write the same five objects while their changesets do not get through.
-    broker.drop = lambda destination, headers, body: destination == wire.topic("c")
-    a.store.create([{"id": f"k{i}", "v": "from A"} for i in range(5)])
-    b.store.create([{"id": f"k{i}", "v": "from B"} for i in range(5)])
-    broker.drop = lambda destination, headers, body: False  # catch-up brings them over
-    for n in (a, b):
-        wait_for(lambda n=n: n.status()["conflicts"] == 5, DEADLINE_S, lambda n=n: n.status())
-    wait_for(
-        lambda: any("3 more conflicts in the last" in r.getMessage() for r in caplog.records),
-        DEADLINE_S,
-        "the line for the conflicts not logged",
-    )
-    lines = [r for r in caplog.records if r.getMessage().startswith("conflict on object")]
-    assert len(lines) == 4  # two on each node
-    line = lines[0]
-    assert line.levelno == logging.INFO
-    assert re.match(
-        r"conflict on object 'k\d' property 'v': [AB]\.1 wins over [AB]\.1", line.msg % line.args
-    )
-    assert line.property == "v" and line.winner in ("A.1", "B.1")  # type: ignore[attr-defined]
-    assert a.store.conflicts("k0") == b.store.conflicts("k0")

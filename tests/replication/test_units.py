@@ -7,6 +7,8 @@ deliver it.
 
 from __future__ import annotations
 
+import logging
+import re
 import sqlite3
 import threading
 import time
@@ -17,7 +19,7 @@ import pytest
 
 from tests.replication.harness import wait_for
 from tests.replication.memory_transport import Make, MemoryBroker, MemoryNode
-from vesper.replication import wire
+from vesper.replication import receiver, wire
 from vesper.store import open_store
 from vesper.trust import verifier as verifier_module
 from vesper.trust.keys import NodeKey
@@ -640,3 +642,39 @@ def test_the_supervisor_survives_an_unexpected_error_and_still_reconnects(
     wait_for(lambda: a.service.current_link() is not None and a.link.connected, 10, "A back")
     a.store.create({"id": "after-the-error"})
     wait_for(lambda: b.store.get("after-the-error"), 10, "the write on B")
+
+
+# -- conflict lines -------------------------------------------------------------------
+
+
+def test_conflicts_are_logged_one_line_each_up_to_a_limit(
+    broker: MemoryBroker,
+    node: Make,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="vesper.replication")
+    monkeypatch.setattr(receiver, "CONFLICT_LINES", 2)
+    monkeypatch.setattr(receiver, "CONFLICT_WINDOW_S", 1.0)
+    a, b = node("A"), node("B")
+    # Both write the same five objects while their changesets do not get through.
+    broker.drop = lambda destination, headers, body: destination == wire.topic("c")
+    a.store.create([{"id": f"k{i}", "v": "from A"} for i in range(5)])
+    b.store.create([{"id": f"k{i}", "v": "from B"} for i in range(5)])
+    broker.drop = lambda destination, headers, body: False  # catch-up brings them over
+    for n in (a, b):
+        wait_for(lambda n=n: n.status()["conflicts"] == 5, 30, lambda n=n: n.status())
+    wait_for(
+        lambda: any("3 more conflicts in the last" in r.getMessage() for r in caplog.records),
+        30,
+        "the line for the conflicts not logged",
+    )
+    lines = [r for r in caplog.records if r.getMessage().startswith("conflict on object")]
+    assert len(lines) == 4  # two on each node
+    line = lines[0]
+    assert line.levelno == logging.INFO
+    assert re.match(
+        r"conflict on object 'k\d' property 'v': [AB]\.1 wins over [AB]\.1", line.msg % line.args
+    )
+    assert line.property == "v" and line.winner in ("A.1", "B.1")  # type: ignore[attr-defined]
+    assert a.store.conflicts("k0") == b.store.conflicts("k0")
