@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vesper.cli.node_client import NodeClient, NodeClientError, add_client_arguments
@@ -69,7 +69,6 @@ class Row:
     behind_s: float | None = None
     ahead: int | None = None
     status: dict[str, Any] | None = None
-    seen_by: list[str] = field(default_factory=list)
 
     def worse(self, state: str) -> None:
         if SEVERITY.index(state) > SEVERITY.index(self.state):
@@ -136,7 +135,7 @@ def survey(nodes: list[NodeClient]) -> tuple[list[Row], list[str]]:
     """Every node's row: those asked and the peers they name."""
     rows: dict[str, Row] = {}
     errors: list[str] = []
-    answers: list[tuple[str, dict[str, Any]]] = []
+    answers: list[dict[str, Any]] = []
     for node in nodes:
         try:
             status = node.status()
@@ -147,14 +146,13 @@ def survey(nodes: list[NodeClient]) -> tuple[list[Row], list[str]]:
         name = str(status.get("branch_id"))
         row = rows.setdefault(name, Row(name=name))
         row.url, row.status = node.url, status
-        answers.append((name, status))
-    for viewer, status in answers:
+        answers.append(status)
+    for status in answers:
         peers = status["replication"].get("peers") or {}
         for name, info in peers.items():
             if not isinstance(info, dict):
                 continue
             row = rows.setdefault(name, Row(name=name))
-            row.seen_by.append(viewer)
             state = "diverged" if info.get("diverged") and info.get("state") != "gone" else None
             row.worse(state or str(info.get("state") or "in_sync"))
             behind = info.get("behind_us")
