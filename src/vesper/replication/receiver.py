@@ -25,6 +25,7 @@ from vesper.history.revision import parse_revision
 from vesper.replication import wire
 from vesper.replication.catchup import AntiEntropy
 from vesper.replication.loglimit import LogLimit
+from vesper.replication.parts import PART, PartRefused, PartStore
 from vesper.replication.quarantine import Quarantine, Rejected
 from vesper.replication.stats import Stats
 from vesper.replication.transport import Delivery, Link
@@ -71,6 +72,7 @@ class ApplyWorker:
         current_link: Callable[[], Link | None],
         verifier: Verifier,
         quarantine: Quarantine,
+        parts: PartStore,
         relay: Callable[[list[Changeset], str | None], None] | None = None,
     ) -> None:
         self._store = store
@@ -85,6 +87,7 @@ class ApplyWorker:
         self._verifier = verifier
         self._own_key = verifier.keyring.own_key
         self.quarantine = quarantine
+        self.parts = parts
         self._queue: queue.Queue[Delivery | None] = queue.Queue(QUEUE_MAX)
         # Announcements wait apart and yield to everything else: they need no
         # acknowledgement, so they may be handled out of order, or dropped.
@@ -197,11 +200,22 @@ class ApplyWorker:
         sources: dict[str, str] = {}
         carriers: dict[str, Delivery] = {}
         catchups: list[tuple[AntiEntropy, dict[str, str], int]] = []
+        reassembled: list[str] = []
         for delivery in batch:
             self._stats.messages_received += 1
             self._stats.last_message_received = (
                 datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             )
+            if PART in delivery.headers:
+                try:
+                    whole = self.parts.add(delivery)
+                except PartRefused as exc:
+                    self._reject(delivery, exc.reason, exc.detail)
+                    continue
+                if whole is None:
+                    continue  # kept; acknowledged with the batch
+                reassembled.append(whole.set_id)
+                delivery = whole.delivery
             route = self._routes.get(delivery.headers.get("subscription", ""))
             kind, channel = route if route else (wire.CHANGESETS, self._first_channel)
             if kind == wire.REQUEST:
@@ -260,6 +274,9 @@ class ApplyWorker:
         # quarantine entry is durable.
         rejected, self._rejected = self._rejected, []
         self.quarantine.add(rejected)
+        # Handled: a redelivered last part would start a new set, and what it brings
+        # again is dropped as a duplicate.
+        self.parts.discard(reassembled)
         self._acknowledge(batch)
 
     def _report(self, result: ApplyResult, carriers: dict[str, Delivery]) -> None:

@@ -5,7 +5,7 @@ broker's RECEIPT for the SEND that carried it arrives (a receipt for a persisten
 comes after the broker stored it). Sends are pipelined: up to ``MAX_IN_FLIGHT``
 messages wait for receipts at once. After a reconnect everything still in the outbox is
 sent again; receivers drop the duplicates. A backlog travels several changesets per
-message, past the broker's per-message ceiling.
+message, and a changeset larger than a broker takes in parts (``parts``).
 
 The sender signs the last changeset of each message as it first sends it (Ed25519,
 about 40 us): on this thread rather than in the commit, so a commit pays only for its
@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import orjson
 
-from vesper.replication import wire
+from vesper.replication import parts, wire
 from vesper.replication.stats import Stats
 from vesper.replication.transport import Link, LinkError
 from vesper.store import Store
@@ -221,20 +221,22 @@ class OutboxSender:
         with self._lock:
             self._in_flight[receipt] = [seq for seq, _ in batch]
         headers = {wire.CLIENTID: self._branch_id, "persistent": "true", wire.TYPE: wire.CHANGESETS}
+        messages = parts.split(body, headers, self._branch_id, self._key)
         try:
             for channel in self._channels:
-                link.send(
-                    wire.topic(channel),
-                    body,
-                    headers,
-                    receipt=receipt if channel == self._channels[-1] else None,
-                )
+                for i, (piece, piece_headers) in enumerate(messages, 1):
+                    # Receipts come in the order of the sends of a connection: the last
+                    # one confirms every part before it.
+                    last = channel == self._channels[-1] and i == len(messages)
+                    link.send(
+                        wire.topic(channel), piece, piece_headers, receipt=receipt if last else None
+                    )
         except Exception:
             with self._lock:
                 self._in_flight.pop(receipt, None)
             self._stats.send_errors += 1
             raise
-        self._stats.messages_sent += 1
+        self._stats.messages_sent += len(messages)
         self._stats.changesets_sent += len(batch)
 
     @property

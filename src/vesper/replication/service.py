@@ -22,7 +22,7 @@ from typing import Any
 from vesper.errors import ConfigError
 from vesper.history.changeset import Changeset
 from vesper.history.revision import parse_revision
-from vesper.replication import stomplog, wire
+from vesper.replication import parts, stomplog, wire
 from vesper.replication.brokers import BrokerProfile
 from vesper.replication.catchup import AntiEntropy
 from vesper.replication.health import Drain
@@ -195,6 +195,7 @@ class ReplicationService:
         self.sender = OutboxSender(
             store, config.channels, config.branch_id, self.stats, self.current_link, self.key
         )
+        verifier = Verifier(self.keyring)
         self.worker = ApplyWorker(
             store,
             config.branch_id,
@@ -203,8 +204,9 @@ class ReplicationService:
             self._routes,
             config.send_ack,
             self.current_link,
-            Verifier(self.keyring),
+            verifier,
             Quarantine(store.db),
+            parts.PartStore(store.db, verifier),
             self.relay if len(config.channels) > 1 else None,
         )
         self._thread: threading.Thread | None = None
@@ -361,8 +363,9 @@ class ReplicationService:
         link = self._link
         if link is None or not link.connected:
             return
-        link.send(destination, body, headers)
-        self.stats.messages_sent += 1
+        for piece, piece_headers in parts.split(body, headers, self.config.branch_id, self.key):
+            link.send(destination, piece, piece_headers)
+            self.stats.messages_sent += 1
 
     # -- connection ----------------------------------------------------------------
 
@@ -622,6 +625,7 @@ class ReplicationService:
             "forks": s.forks,
             "quarantined": dict(sorted(self.worker.quarantine.counts.items())),
             "quarantine_held": self.worker.quarantine.held,
+            "parts_held": dict(zip(("sets", "bytes"), self.worker.parts.held, strict=True)),
             "branch_claims": dict(self.claims),
             "refused_by": sorted({b for ae in self.anti_entropy.values() for b in ae.refusing()}),
             "connected_since": self._connected_at_wall if connected else None,

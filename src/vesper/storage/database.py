@@ -86,6 +86,14 @@ CREATE TABLE IF NOT EXISTS quarantine ( -- rejected messages, newest kept
     headers TEXT NOT NULL,
     excerpt TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS message_parts ( -- parts of messages too large for one frame
+    set_id TEXT NOT NULL,           -- SHA-256 of the whole message
+    idx INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    received REAL NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE (set_id, idx)
+);
 """
 
 

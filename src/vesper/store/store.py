@@ -27,7 +27,13 @@ from vesper.errors import (
     StoreDamaged,
     WritesRefused,
 )
-from vesper.history.changeset import FORMAT_VERSION, Changeset, iso_time, parse_changeset
+from vesper.history.changeset import (
+    FORMAT_VERSION,
+    MAX_CHANGESET_BYTES,
+    Changeset,
+    iso_time,
+    parse_changeset,
+)
 from vesper.history.hlc import HybridClock, wall_ms_of
 from vesper.history.revision import (
     dominates,
@@ -324,6 +330,12 @@ class Store:
                 queued = None
                 if self.save_history:
                     text = orjson.dumps(body).decode()
+                    if len(text) > MAX_CHANGESET_BYTES:
+                        # Every node refuses a larger one: it could never replicate.
+                        raise InvalidOperation(
+                            f"this write makes a changeset of {len(text)} bytes, over the"
+                            f" limit of {MAX_CHANGESET_BYTES}: split it into several writes"
+                        )
                     seq = self._insert_changeset(conn, self.branch_id, counter, body, changes, text)
                     if self.outbox_enabled:
                         conn.execute("INSERT INTO outbox(seq) VALUES (?)", (seq,))

@@ -1,0 +1,233 @@
+"""Messages larger than a broker carries travel in signed parts, reassembled durably.
+
+Brokers refuse a frame past their ceiling (ActiveMQ 100 MiB, RabbitMQ 128 MiB, the
+embedded broker 64 MiB by default) and close the connection, so a message over it would
+be sent again after every reconnect, forever. A body over ``PART_BYTES`` goes instead as
+consecutive slices of its bytes, each a message with the original headers plus:
+
+- ``vesper-part``: ``index/count`` (from 1);
+- ``vesper-part-of``: the SHA-256 of the whole body, naming the set; ``vesper-part-bytes``
+  its length;
+- ``vesper-part-hash``: the SHA-256 of this slice;
+- ``vesper-part-signer``, ``vesper-part-key``, ``vesper-part-sig``: the branch that cut
+  it (the origin, or the hub relaying it) and its Ed25519 signature over those fields,
+  signed like an announcement.
+
+A receiver checks a part's signature and hash before it keeps it, so a client of the
+broker without a trusted key cannot spoil a set or fill the disk. Parts are kept in the
+store's ``message_parts`` table, written before the part is acknowledged: acknowledgements
+are cumulative per subscription, so a part could not stay unacknowledged while later
+messages are. When the last part arrives, the whole body is checked against its hash and
+handled as if it had come in one message (its changesets' signatures and chains checked
+as always); the parts are deleted once it is applied. A set left incomplete (its sender
+died half-way; it sends the message again, in the same parts, after restarting) is
+dropped after ``STALE_S``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from vesper.history.changeset import MAX_CHANGESET_BYTES
+from vesper.replication.transport import Delivery
+from vesper.storage.database import Database
+from vesper.trust.keys import NodeKey
+from vesper.trust.signing import sign
+from vesper.trust.verifier import Verifier
+
+PART = "vesper-part"
+PART_OF = "vesper-part-of"
+PART_BYTES_HEADER = "vesper-part-bytes"
+PART_HASH = "vesper-part-hash"
+PART_SIGNER = "vesper-part-signer"
+PART_KEY = "vesper-part-key"
+PART_SIG = "vesper-part-sig"
+HEADERS = (PART, PART_OF, PART_BYTES_HEADER, PART_HASH, PART_SIGNER, PART_KEY, PART_SIG)
+
+PART_BYTES = 16 * 1024 * 1024
+"""Largest body sent in one message: well under every broker's ceiling, and above the
+largest message a backlog or a catch-up batch makes, so only single large changesets
+(bulk writes) are cut."""
+MAX_MESSAGE_BYTES = 2 * MAX_CHANGESET_BYTES
+"""Largest body reassembled: a changeset is limited to MAX_CHANGESET_BYTES, and a hub's
+relay of one batch to MAX_CHANGESET_BYTES plus the apply batch it came in."""
+MAX_HELD_BYTES = 2 * MAX_MESSAGE_BYTES
+"""Parts kept at most; past it the oldest incomplete sets make room (their changesets
+come again with catch-up)."""
+STALE_S = 24 * 3600.0
+
+
+class PartRefused(Exception):
+    """A part that is not kept: ``reason`` is the quarantine's code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def split(
+    body: bytes, headers: dict[str, str], signer: str, key: NodeKey, limit: int | None = None
+) -> list[tuple[bytes, dict[str, str]]]:
+    """The messages that carry ``body``: itself when it fits in ``limit`` (default
+    PART_BYTES), else its signed parts."""
+    limit = limit or PART_BYTES
+    if len(body) <= limit:
+        return [(body, headers)]
+    whole = hashlib.sha256(body).hexdigest()
+    count = -(-len(body) // limit)
+    out = []
+    for index in range(1, count + 1):
+        piece = body[(index - 1) * limit : index * limit]
+        signed = sign(_fields(signer, whole, len(body), index, count, piece), key)
+        out.append(
+            (
+                piece,
+                {
+                    **headers,
+                    PART: f"{index}/{count}",
+                    PART_OF: whole,
+                    PART_BYTES_HEADER: str(len(body)),
+                    PART_HASH: signed["hash"],
+                    PART_SIGNER: signer,
+                    PART_KEY: signed["key"],
+                    PART_SIG: signed["sig"],
+                },
+            )
+        )
+    return out
+
+
+def _fields(
+    signer: str, whole: str, size: int, index: int, count: int, piece: bytes
+) -> dict[str, object]:
+    return {
+        "type": "part",
+        "branch": signer,
+        "whole": whole,
+        "bytes": size,
+        "index": index,
+        "count": count,
+        "hash": hashlib.sha256(piece).hexdigest(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """A reassembled message, and the set to delete once it is handled."""
+
+    delivery: Delivery
+    set_id: str
+
+
+class PartStore:
+    """The parts received so far (apply worker thread only)."""
+
+    def __init__(self, db: Database, verifier: Verifier) -> None:
+        self._db = db
+        self._verifier = verifier
+
+    def add(self, delivery: Delivery) -> Whole | None:
+        """Keep a part durably; the whole message once its last part is here. Raises
+        PartRefused for a part that is malformed, unsigned or signed by a key not
+        trusted for its signer, and for a set whose bytes do not hash to its name."""
+        headers = delivery.headers
+        whole, index, count, size = _parse(headers, delivery.body)
+        fields = _fields(headers[PART_SIGNER], whole, size, index, count, delivery.body)
+        if fields["hash"] != headers[PART_HASH]:
+            raise PartRefused("malformed", f"part {index}/{count} does not match its hash")
+        problem = self._verifier.control(
+            {**fields, "key": headers[PART_KEY], "sig": headers[PART_SIG]}
+        )
+        if problem is not None:
+            raise PartRefused(problem[0], f"part {index}/{count} of {whole[:16]}: {problem[1]}")
+        now = time.time()
+        with self._db.write() as conn:
+            conn.execute(
+                "DELETE FROM message_parts WHERE set_id IN (SELECT set_id FROM message_parts"
+                " GROUP BY set_id HAVING max(received) < ?)",
+                (now - STALE_S,),
+            )
+            self._make_room(conn, len(delivery.body), whole)
+            conn.execute(
+                "INSERT OR IGNORE INTO message_parts(set_id, idx, count, received, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (whole, index, count, now, delivery.body),
+            )
+            have = conn.execute(
+                "SELECT count(*) FROM message_parts WHERE set_id = ? AND count = ?",
+                (whole, count),
+            ).fetchone()[0]
+        if have < count:
+            return None
+        body = b"".join(
+            row[0]
+            for row in self._db.read(
+                "SELECT body FROM message_parts WHERE set_id = ? AND count = ? ORDER BY idx",
+                (whole, count),
+            )
+        )
+        if len(body) != size or hashlib.sha256(body).hexdigest() != whole:
+            self.discard([whole])
+            raise PartRefused("malformed", f"the {count} parts of {whole[:16]} do not make it")
+        rest = {k: v for k, v in headers.items() if k not in HEADERS}
+        return Whole(Delivery(rest, body, delivery.generation), whole)
+
+    def _make_room(self, conn: sqlite3.Connection, size: int, keep: str) -> None:
+        held = conn.execute("SELECT coalesce(sum(length(body)), 0) FROM message_parts").fetchone()[
+            0
+        ]
+        if held + size <= MAX_HELD_BYTES:
+            return
+        oldest = conn.execute(
+            "SELECT set_id FROM message_parts WHERE set_id != ? GROUP BY set_id"
+            " ORDER BY max(received)",
+            (keep,),
+        ).fetchall()
+        for (set_id,) in oldest:
+            freed = conn.execute(
+                "DELETE FROM message_parts WHERE set_id = ? RETURNING length(body)", (set_id,)
+            ).fetchall()
+            held -= sum(n for (n,) in freed)
+            if held + size <= MAX_HELD_BYTES:
+                return
+
+    def discard(self, set_ids: list[str]) -> None:
+        """Delete the parts of messages handled (or refused)."""
+        if set_ids:
+            with self._db.write() as conn:
+                conn.executemany(
+                    "DELETE FROM message_parts WHERE set_id = ?", [(s,) for s in set_ids]
+                )
+
+    @property
+    def held(self) -> tuple[int, int]:
+        """(sets, bytes) of parts kept, for status."""
+        sets, size = self._db.read(
+            "SELECT count(DISTINCT set_id), coalesce(sum(length(body)), 0) FROM message_parts"
+        )[0]
+        return sets, size
+
+
+def _parse(headers: dict[str, str], body: bytes) -> tuple[str, int, int, int]:
+    try:
+        index_text, _, count_text = headers[PART].partition("/")
+        index, count, size = int(index_text), int(count_text), int(headers[PART_BYTES_HEADER])
+        whole = headers[PART_OF]
+        if any(name not in headers for name in (PART_HASH, PART_SIGNER, PART_KEY, PART_SIG)):
+            raise KeyError(PART_SIG)
+    except (KeyError, ValueError):
+        raise PartRefused("malformed", "a part's headers are missing or not numbers") from None
+    if len(whole) != 64 or any(c not in "0123456789abcdef" for c in whole):
+        raise PartRefused("malformed", "vesper-part-of is not a SHA-256 in hex")
+    if not 1 <= index <= count or not 0 < size <= MAX_MESSAGE_BYTES:
+        raise PartRefused(
+            "malformed" if size <= MAX_MESSAGE_BYTES else "too_large",
+            f"part {index}/{count} of a {size}-byte message (at most {MAX_MESSAGE_BYTES})",
+        )
+    if count > size or len(body) > size or not body:
+        raise PartRefused("malformed", f"part {index}/{count} does not fit a {size}-byte message")
+    return whole, index, count, size
