@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 
-from vesper.api import dashboard, digest, history, objects, openapi, ready, status, transaction
+from vesper.api import (
+    changes,
+    dashboard,
+    digest,
+    history,
+    objects,
+    openapi,
+    ready,
+    status,
+    transaction,
+)
 from vesper.api.auth import authenticator_for
+from vesper.api.change_signal import ChangeSignal
 from vesper.api.context import ApiContext
 from vesper.api.errors import EXCEPTION_HANDLERS
 from vesper.api.metrics import ApiMetrics
@@ -28,7 +39,9 @@ def create_app(
     """
     metrics = ApiMetrics(node)
     ctx = ApiContext(node, metrics, inline_writes=inline_writes, inline_reads=inline_reads)
+    signal = ChangeSignal()
     routes = [
+        *changes.routes(ctx, signal, node.settings.api_feed_buffer_bytes),
         *objects.routes(ctx),
         *transaction.routes(ctx),
         *history.routes(ctx),
@@ -49,4 +62,6 @@ def create_app(
         settings.api_token, settings.api_read_token, settings.api_metrics_public, metrics
     )
     app.state.auth = auth  # the dashboard's login checks tokens and starts sessions
-    return RequestGuard(app, limit, metrics, auth)
+    guard = RequestGuard(app, limit, metrics, auth)
+    guard.change_signal = signal  # the server ends the feeds when it stops
+    return guard

@@ -97,6 +97,11 @@ class ApiMetrics:
             registry=self.registry,
         )
         self._timeout_children = {p: self.timeouts.labels(p) for p in ("header", "body")}
+        self.feeds_cut = Counter(
+            "vesper_http_feeds_cut",
+            "Changes feed clients cut off because they let api_feed_buffer_bytes fill",
+            registry=self.registry,
+        )
         self._open_connections: Callable[[], int] | None = None
         self.registry.register(_ConnectionsCollector(self))
         self.registry.register(StoreCollector(node))
@@ -126,6 +131,9 @@ class ApiMetrics:
 
     def timed_out(self, phase: str) -> None:
         self._timeout_children[phase].inc()
+
+    def feed_cut(self) -> None:
+        self.feeds_cut.inc()
 
     def watch_connections(self, count: Callable[[], int]) -> None:
         """Report ``count()`` as the open connections (the server calls this)."""

@@ -136,6 +136,40 @@ SCHEMAS: dict[str, Any] = {
             "changes": {"type": "array", "items": {"type": "object"}},
         },
     },
+    "Change": {
+        "type": "object",
+        "required": ["seq", "id", "origin", "revision", "objects", "objects_total"],
+        "properties": {
+            "seq": {
+                "type": "integer",
+                "description": "this node's position of the changeset: resume with since=seq",
+            },
+            "id": {"type": "string", "description": "the changeset, <branch_id>.<counter>"},
+            "origin": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "revision": _REVISION,
+            "objects": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "deleted"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "deleted": {"type": "boolean"},
+                        "object": {
+                            "oneOf": [_ref("Object"), {"type": "null"}],
+                            "description": "with include_objects: the object as it is now",
+                        },
+                    },
+                },
+            },
+            "objects_total": {"type": "integer"},
+            "objects_next": {
+                "type": "integer",
+                "description": "more objects: GET /api/changes/{seq}?objects_from=this",
+            },
+        },
+    },
     "HistoryEntry": {
         "type": "object",
         "properties": {
@@ -329,6 +363,105 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _list_of("changesets", _ref("Changeset"), "the changesets"),
                 **_errors(400, 409),
+            },
+        },
+    },
+    "/api/changes": {
+        "get": {
+            "summary": "Every changeset stored, local or replicated, in apply order: a list, "
+            "a long poll, newline-delimited JSON (continuous) or server-sent events (sse)",
+            "parameters": [
+                _query(
+                    "since",
+                    "a seq from an earlier entry, 0 (the default) for all, now, or a revision"
+                    " (the changesets it does not contain); sse also reads Last-Event-ID",
+                    {"type": "string"},
+                ),
+                _query(
+                    "feed",
+                    "normal (default), longpoll, continuous or sse",
+                    {"type": "string", "enum": ["normal", "longpoll", "continuous", "sse"]},
+                ),
+                _query(
+                    "timeout",
+                    "milliseconds: how long a long poll waits (60000), how long a stream stays"
+                    " open without changes (no limit)",
+                    {"type": "integer", "minimum": 0},
+                ),
+                _query(
+                    "heartbeat",
+                    "milliseconds between keep-alive lines of a quiet stream (30000)",
+                    {"type": "integer", "minimum": 100},
+                ),
+                _query(
+                    "limit",
+                    "at most this many entries (normal and longpoll: 1000, at most 10000)",
+                    {"type": "integer", "minimum": 1},
+                ),
+                _query("ids", "a JSON array: only these objects", {"type": "string"}),
+                _query(
+                    "where",
+                    "a JSON object: only objects whose current properties equal these",
+                    {"type": "string"},
+                ),
+                _query(
+                    "include_objects",
+                    "true: each object as it is now",
+                    {"type": "string", "enum": ["true", "false"]},
+                ),
+            ],
+            "responses": {
+                "200": {
+                    "description": "normal and longpoll: the entries; continuous: one entry "
+                    'per line, empty lines as heart-beats, {"last_seq"} last; sse: events '
+                    "with id = seq, an end event with last_seq",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "results": {"type": "array", "items": _ref("Change")},
+                                    "last_seq": {"type": "integer"},
+                                    "more": {"type": "boolean"},
+                                },
+                            }
+                        },
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors(400, 409),
+            },
+        },
+    },
+    "/api/changes/{seq}": {
+        "parameters": [
+            {
+                "name": "seq",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        ],
+        "get": {
+            "summary": "One entry of the changes feed, its objects from objects_from on",
+            "parameters": [
+                _query(
+                    "objects_from",
+                    "the index of the first object listed",
+                    {"type": "integer", "minimum": 0},
+                ),
+                _query("ids", "a JSON array: only these objects", {"type": "string"}),
+                _query("where", "a JSON object, as for /api/changes", {"type": "string"}),
+                _query(
+                    "include_objects",
+                    "true: each object as it is now",
+                    {"type": "string", "enum": ["true", "false"]},
+                ),
+            ],
+            "responses": {
+                "200": _json(_ref("Change"), "the entry"),
+                **_errors(400, 404, 409),
             },
         },
     },

@@ -363,6 +363,14 @@ class ApiServer(uvicorn.Server):
         if config.metrics is not None:
             config.metrics.watch_connections(lambda: len(self.server_state.connections))
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Feeds stay open as long as their clients: end them first, or the stop
+        # waits GRACEFUL_SHUTDOWN_S for them.
+        signal = getattr(self.config.app, "change_signal", None)
+        if signal is not None:
+            signal.close()
+        await super().shutdown(sockets)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if sockets is None or self.config.ssl is None:
             await super().startup(sockets)

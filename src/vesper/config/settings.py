@@ -35,6 +35,7 @@ DEFAULT_REPLICATION_TLS_VERIFY: Final = True
 DEFAULT_API_HEADER_TIMEOUT_S: Final = 10.0
 DEFAULT_API_BODY_TIMEOUT_S: Final = 60.0
 DEFAULT_API_IDLE_TIMEOUT_S: Final = 5.0
+DEFAULT_API_FEED_BUFFER_BYTES: Final = 1024 * 1024
 DEFAULT_API_MAX_CONNECTIONS: Final = 1000
 #: A bearer token shorter than this is refused: it could be guessed.
 MIN_API_TOKEN_CHARS: Final = 16
@@ -415,6 +416,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("api_idle_timeout", "float", DEFAULT_API_IDLE_TIMEOUT_S,
              "seconds an idle keep-alive connection stays open between requests; must be > 0",
              "30", _check_seconds),
+    Variable("api_feed_buffer_bytes", "int", DEFAULT_API_FEED_BUFFER_BYTES,
+             "bytes of changes a continuous or SSE feed holds for a client that does "
+             "not take them; past it the client is cut off (it resumes from its last "
+             "seq); must be > 0",
+             "4194304", _int_range(1)),
     Variable("api_max_connections", "int", DEFAULT_API_MAX_CONNECTIONS,
              "most HTTP connections open at once; further ones are closed at once; "
              "must be > 0",
@@ -513,6 +519,7 @@ class Settings:
     api_header_timeout: float = DEFAULT_API_HEADER_TIMEOUT_S
     api_body_timeout: float = DEFAULT_API_BODY_TIMEOUT_S
     api_idle_timeout: float = DEFAULT_API_IDLE_TIMEOUT_S
+    api_feed_buffer_bytes: int = DEFAULT_API_FEED_BUFFER_BYTES
     api_max_connections: int = DEFAULT_API_MAX_CONNECTIONS
     log_level: Literal["debug", "info", "warning", "error"] = DEFAULT_LOG_LEVEL
     log_format: Literal["text", "json"] = DEFAULT_LOG_FORMAT

@@ -44,7 +44,9 @@ from vesper.history.revision import (
 from vesper.merge.register import ObjectState, new_object_row
 from vesper.storage.database import Database
 from vesper.storage.url import parse_storage_url
+from vesper.store import changes as change_queries
 from vesper.store import history as history_queries
+from vesper.store.changes import Change
 from vesper.store.digest import KEPT_MARK, DigestIndex
 from vesper.store.integrity import ChainWatch, verify_on_open
 from vesper.store.ops import Op, fold, object_op, parse_op, update_op
@@ -176,6 +178,7 @@ class Store:
             self.db.close()
             raise
         self._commit_listeners: list[Callable[[CommitResult], None]] = []
+        self._change_listeners: list[Callable[[], None]] = []
         self.writes_refused: str | None = None
         """Why local writes are refused (None: they are taken); see ``refuse_writes``."""
         if self._watch is not None:
@@ -347,12 +350,20 @@ class Store:
         result = CommitResult(body["revision"], [op.id for op in ops], body["id"])
         for listener in self._commit_listeners:
             listener(result)
+        for changed in self._change_listeners:
+            changed()
         return result
 
     def add_commit_listener(self, listener: Callable[[CommitResult], None]) -> None:
         """Call ``listener`` after every local commit (outside the store's lock; it must
         not block: the replication sender uses it to wake up)."""
         self._commit_listeners.append(listener)
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every commit or apply that stored changesets
+        (outside the store's lock, on the thread that wrote; it must not block: the
+        changes feed uses it to wake its clients)."""
+        self._change_listeners.append(listener)
 
     # -- remote changesets ---------------------------------------------------------
 
@@ -416,6 +427,9 @@ class Store:
             if applied:
                 applied.extend(self._drain_pending(conn, forks))
                 self._save_state(conn)
+        if applied:
+            for changed in self._change_listeners:
+                changed()
         released = set(applied)
         return ApplyResult(
             applied, [p for p in pending if p not in released], duplicates, forks, adopted, dropped
@@ -746,6 +760,22 @@ class Store:
         self._need_history()
         vector = parse_revision(since) if isinstance(since, str) else dict(since)
         return history_queries.changesets_since(self.db, self.version_vector, vector, limit)
+
+    def feed_start(self, since: str) -> tuple[int, dict[str, int] | None]:
+        """Where the changes feed given ``since`` starts (``store.changes.start_of``)."""
+        self._need_history()
+        return change_queries.start_of(self.db, since)
+
+    def changes(
+        self, after_seq: int, limit: int, skip: Mapping[str, int] | None = None
+    ) -> list[Change]:
+        """Up to ``limit`` changesets after position ``after_seq``, in apply order."""
+        self._need_history()
+        return change_queries.changes_after(self.db, after_seq, limit, skip)
+
+    def change_at(self, seq: int) -> Change | None:
+        self._need_history()
+        return change_queries.change_at(self.db, seq)
 
     def changeset(self, changeset_id: str) -> dict[str, Any] | None:
         self._need_history()
