@@ -32,6 +32,15 @@ class DocumentNotFound(VesperError):
     """The operation needs an object that does not exist (or is deleted)."""
 
 
+class PreconditionFailed(VesperError):
+    """A conditional write (``if_version``, ``If-Match``, ``If-None-Match``) found the
+    object at another version, or present or absent against the condition."""
+
+
+class IdempotencyKeyReused(VesperError):
+    """An idempotency key given again with a different request."""
+
+
 class InvalidRevision(VesperError):
     """A revision string does not parse as a version vector."""
 

@@ -20,15 +20,15 @@ from vesper.cli.main import main
 from vesper.errors import StorageError
 from vesper.store import Store
 
-_get_json = Store.get_json
+_version = Store.version
 _changesets = Store.changesets
 CHANGESETS_FAIL_AFTER = "VESPER_TEST_CHANGESETS_FAIL_AFTER"
 
 
-def _exploding_get_json(self: Store, obj_id: str) -> Any:
+def _exploding_version(self: Store, obj_id: str) -> Any:
     if obj_id == "explode":
         raise RuntimeError("planted bug for the test")
-    return _get_json(self, obj_id)
+    return _version(self, obj_id)
 
 
 def _failing_changesets(self: Store, *args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -49,7 +49,7 @@ def _fail_after(items: Iterator[Any], count: int) -> Iterator[Any]:
 
 
 if __name__ == "__main__":
-    Store.get_json = _exploding_get_json  # type: ignore[method-assign]
+    Store.version = _exploding_version  # type: ignore[method-assign]
     if CHANGESETS_FAIL_AFTER in os.environ:
         Store.changesets = _failing_changesets  # type: ignore[method-assign]
     sys.exit(main(sys.argv[1:]))

@@ -97,6 +97,10 @@ def test_replicas_converge_whatever_the_delivery_order(
                     result = stores[i].transaction(ops)
                 except (DocumentExists, DocumentNotFound):
                     continue
+                # The versions a commit reports are the ones a read gives.
+                for obj_id, version in result.versions.items():
+                    read = stores[i].version(obj_id)
+                    assert (read and read[1]) == version if version else read is None
                 body = stores[i].changeset(result.changeset)
                 history.append(body)
                 for j in range(n):
@@ -130,6 +134,13 @@ def test_replicas_converge_whatever_the_delivery_order(
             assert {(c["id"], c["property"]) for c in s.conflicts()} == conflicted
             assert s.count == len(expected)
             assert s.objects_at(s.revision) == list(s.query())
+            # An object's version (its ETag) is the same wherever the same writes are.
+            assert [_version(s, i) for i in IDS] == [_version(first, i) for i in IDS]
     finally:
         for s in stores:
             s.close()
+
+
+def _version(store: Any, obj_id: str) -> str | None:
+    found = store.version(obj_id)
+    return None if found is None else found[1]

@@ -10,6 +10,7 @@ route an id.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from vesper.api import conditions
 from vesper.api.context import ApiContext
 from vesper.api.errors import HttpError
 from vesper.api.jsonio import (
@@ -31,6 +33,7 @@ from vesper.api.jsonio import (
     read_json,
 )
 from vesper.api.streaming import ThreadedBatches, array_response
+from vesper.store.store import CommitResult
 
 LIST_PARAMS = ("where", "limit", "after")
 
@@ -46,9 +49,11 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
             raise HttpError(
                 400, f"request body must be an object or an array of objects, got {json_type(body)}"
             )
-        result = await ctx.write(ctx.store.create, body)
-        ctx.metrics.committed("create")
-        return json_response({"revision": result.revision, "ids": result.ids}, 201)
+        key = conditions.idempotency(request, await request.body())
+        result = await ctx.write(ctx.store.create, body, key)
+        if not result.replayed:
+            ctx.metrics.committed("create")
+        return _committed({"revision": result.revision, "ids": result.ids}, result, 201)
 
     async def list_objects(request: Request) -> Response:
         params = query_params(request, LIST_PARAMS)
@@ -68,31 +73,50 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
 
     async def get_object(request: Request) -> Response:
         query_params(request)
-        return await _get(request.path_params["id"])
-
-    async def _get(obj_id: str) -> Response:
-        text = await ctx.read(ctx.store.get_json, obj_id)
-        if text is None:
+        obj_id = request.path_params["id"]
+        found = await ctx.read(ctx.store.version, obj_id)
+        if found is None:
             raise HttpError(404, f"object {obj_id!r} does not exist")
-        return raw_json_response(text)
+        text, version = found
+        headers = {"ETag": conditions.etag(version)}
+        if conditions.not_modified(request, version):
+            return Response(status_code=304, headers=headers)
+        response = raw_json_response(text)
+        response.headers.update(headers)
+        return response
 
     async def replace_object(request: Request) -> Response:
         query_params(request)
         doc = await read_json(request)
-        result = await ctx.write(ctx.store.replace, doc, request.path_params["id"])
+        version, absent = conditions.if_match(request), conditions.if_none_match_any(request)
+        if version is not None and absent:
+            raise HttpError(400, "If-Match and If-None-Match: * contradict each other")
+        replace = functools.partial(
+            ctx.store.replace, doc, request.path_params["id"], if_version=version, if_absent=absent
+        )
+        result = await ctx.write(replace)
         ctx.metrics.committed("replace")
-        return json_response({"revision": result.revision})
+        return _committed({"revision": result.revision}, result)
 
     async def patch_object(request: Request) -> Response:
         query_params(request)
         patch = await read_json(request, "merge patch")
-        result = await ctx.write(ctx.store.update, request.path_params["id"], patch)
+        update = functools.partial(
+            ctx.store.update,
+            request.path_params["id"],
+            patch,
+            if_version=conditions.if_match(request),
+        )
+        result = await ctx.write(update)
         ctx.metrics.committed("update")
-        return json_response({"revision": result.revision})
+        return _committed({"revision": result.revision}, result)
 
     async def delete_object(request: Request) -> Response:
         query_params(request)
-        result = await ctx.write(ctx.store.delete, request.path_params["id"])
+        delete = functools.partial(
+            ctx.store.delete, request.path_params["id"], if_version=conditions.if_match(request)
+        )
+        result = await ctx.write(delete)
         ctx.metrics.committed("delete")
         return json_response({"revision": result.revision})
 
@@ -116,6 +140,20 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         ObjectRoute("/api/objects/{id:path}", patch_object, methods=["PATCH"]),
         ObjectRoute("/api/objects/{id:path}", delete_object, methods=["DELETE"]),
     ]
+
+
+def _committed(answer: dict[str, Any], result: CommitResult, status: int = 200) -> Response:
+    """The answer to a write, with the ETag of the object it wrote when it wrote one,
+    and ``Idempotent-Replayed`` when it repeats an earlier answer."""
+    response = json_response(answer, status)
+    versions = result.versions
+    if len(versions) == 1:
+        (version,) = versions.values()
+        if version is not None:
+            response.headers["ETag"] = conditions.etag(version)
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 class ObjectRoute(Route):

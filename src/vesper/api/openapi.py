@@ -31,7 +31,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "invalid JSON, a wrong type, an invalid document or an unknown query parameter",
         404: "no such object",
         409: "the object exists already (create), or history is off (save_history = False)",
+        412: "If-Match, If-None-Match: * or an op's if_version does not hold: the object"
+        " changed since it was read (read it again)",
         413: "the body is larger than api_max_body_bytes",
+        422: "the Idempotency-Key was used for another request",
         503: "the store is closed or failed (retry later)",
     }
     return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
@@ -51,6 +54,30 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
         "schema": schema,
     }
 
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+_IF_MATCH = _header(
+    "If-Match", "the ETag a read gave: write only if the object is still at that version"
+)
+_IDEMPOTENCY_KEY = _header(
+    "Idempotency-Key",
+    "1-255 printable ASCII characters: a retry with the same key and request gets the first"
+    " answer (Idempotent-Replayed: true) instead of committing again; kept a day",
+)
+
+_IF_VERSION = {
+    "type": "string",
+    "description": "the version (ETag without quotes) the object must be at",
+}
 
 _ID = {
     "name": "id",
@@ -100,7 +127,20 @@ SCHEMAS: dict[str, Any] = {
             {
                 "type": "object",
                 "required": ["op", "object"],
-                "properties": {"op": {"enum": ["create", "replace"]}, "object": _ref("Object")},
+                "properties": {"op": {"const": "create"}, "object": _ref("Object")},
+            },
+            {
+                "type": "object",
+                "required": ["op", "object"],
+                "properties": {
+                    "op": {"const": "replace"},
+                    "object": _ref("Object"),
+                    "if_version": {
+                        "type": ["string", "null"],
+                        "description": "the version (ETag without quotes) the object must be"
+                        " at; null: it must not exist",
+                    },
+                },
             },
             {
                 "type": "object",
@@ -109,12 +149,17 @@ SCHEMAS: dict[str, Any] = {
                     "op": {"const": "update"},
                     "id": {"type": "string"},
                     "patch": _ref("MergePatch"),
+                    "if_version": _IF_VERSION,
                 },
             },
             {
                 "type": "object",
                 "required": ["op", "id"],
-                "properties": {"op": {"const": "delete"}, "id": {"type": "string"}},
+                "properties": {
+                    "op": {"const": "delete"},
+                    "id": {"type": "string"},
+                    "if_version": _IF_VERSION,
+                },
             },
         ]
     },
@@ -303,22 +348,38 @@ PATHS: dict[str, Any] = {
                     }
                 },
             },
-            "responses": {"201": _json(_ref("Commit"), "created"), **_errors(400, 409, 413)},
+            "parameters": [_IDEMPOTENCY_KEY],
+            "responses": {
+                "201": _json(_ref("Commit"), "created"),
+                **_errors(400, 409, 413, 422),
+            },
         },
     },
     "/api/objects/{id}": {
         "parameters": [_ID],
         "get": {
-            "summary": "One object",
-            "responses": {"200": _json(_ref("Object"), "the object"), **_errors(404)},
+            "summary": "One object; its ETag names its version",
+            "parameters": [
+                _header("If-None-Match", "an ETag (or *): 304 when the object is at it")
+            ],
+            "responses": {
+                "200": _json(_ref("Object"), "the object"),
+                "304": {"description": "the object is at the version If-None-Match names"},
+                **_errors(404),
+            },
         },
         "put": {
             "summary": "Replace the whole object (creating it if absent)",
+            "parameters": [_IF_MATCH, _header("If-None-Match", "*: create only, never replace")],
             "requestBody": _BODY_OBJECT,
-            "responses": {"200": _json(_ref("Revision"), "replaced"), **_errors(400, 413)},
+            "responses": {
+                "200": _json(_ref("Revision"), "replaced"),
+                **_errors(400, 412, 413),
+            },
         },
         "patch": {
             "summary": "Apply a JSON Merge Patch",
+            "parameters": [_IF_MATCH],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -326,11 +387,15 @@ PATHS: dict[str, Any] = {
                     "application/json": {"schema": _ref("MergePatch")},
                 },
             },
-            "responses": {"200": _json(_ref("Revision"), "updated"), **_errors(400, 404, 413)},
+            "responses": {
+                "200": _json(_ref("Revision"), "updated"),
+                **_errors(400, 404, 412, 413),
+            },
         },
         "delete": {
             "summary": "Delete the object",
-            "responses": {"200": _json(_ref("Revision"), "deleted"), **_errors(404)},
+            "parameters": [_IF_MATCH],
+            "responses": {"200": _json(_ref("Revision"), "deleted"), **_errors(400, 404, 412)},
         },
     },
     "/api/objects/{id}/history": {
@@ -350,7 +415,11 @@ PATHS: dict[str, Any] = {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("Transaction")}},
             },
-            "responses": {"200": _json(_ref("Commit"), "committed"), **_errors(400, 404, 409, 413)},
+            "parameters": [_IDEMPOTENCY_KEY],
+            "responses": {
+                "200": _json(_ref("Commit"), "committed"),
+                **_errors(400, 404, 409, 412, 413, 422),
+            },
         },
     },
     "/api/changesets": {

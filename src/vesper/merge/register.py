@@ -17,6 +17,7 @@ concurrent with a delete that wins brings the object back whole (see docs/merge.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -118,6 +119,14 @@ class ObjectState:
             )
         return out
 
+    def version(self) -> str:
+        """The object's version: names the maximal writes of its registers, which are
+        the same on every node that holds the same writes to it (the ETag)."""
+        dots = [("", w.origin, w.counter) for w in self.exists]
+        for name, register in self.props.items():
+            dots.extend((name, w.origin, w.counter) for w in register)
+        return _version(dots)
+
     def _registers(self) -> Iterable[tuple[str | None, list[Write]]]:
         yield None, self.exists
         yield from sorted(self.props.items())
@@ -197,6 +206,16 @@ class ObjectState:
         for name, entries in explicit.items():
             props[name] = [_from_entry(e, doc.get(name, ABSENT)) for e in entries]
         return obj
+
+
+def new_object_version(props: Mapping[str, Any], origin: str, counter: int) -> str:
+    """``ObjectState.version()`` of an object that one write just created."""
+    return _version([("", origin, counter), *((name, origin, counter) for name in props)])
+
+
+def _version(dots: list[tuple[str, str, int]]) -> str:
+    dots.sort()
+    return hashlib.sha256(orjson.dumps(dots)).hexdigest()[:32]
 
 
 def new_object_row(

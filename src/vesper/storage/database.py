@@ -86,6 +86,13 @@ CREATE TABLE IF NOT EXISTS quarantine ( -- rejected messages, newest kept
     headers TEXT NOT NULL,
     excerpt TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys ( -- retried writes get the first answer
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,      -- SHA-256 of method, path and body
+    time REAL NOT NULL,
+    answer TEXT NOT NULL            -- JSON: revision, ids, changeset
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_time ON idempotency_keys(time);
 CREATE TABLE IF NOT EXISTS message_parts ( -- parts of messages too large for one frame
     set_id TEXT NOT NULL,           -- SHA-256 of the whole message
     idx INTEGER NOT NULL,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +14,7 @@ from vesper.document.values import check_document, check_id, check_value
 from vesper.errors import DocumentExists, DocumentNotFound, InvalidDocument, InvalidOperation
 from vesper.merge.register import ObjectState
 
+_HEX = frozenset("0123456789abcdef")
 OP_NAMES = ("create", "replace", "update", "delete")
 
 
@@ -26,6 +28,10 @@ class Op:
     """The object's id (generated for a create without one)."""
     props: dict[str, Any] | None = None
     """create/replace: the new properties (without id); update: the merge patch."""
+    if_version: str | None = None
+    """Commit only if the object exists at this version (``ObjectState.version``)."""
+    if_absent: bool = False
+    """Commit only if the object does not exist."""
 
 
 def new_id() -> str:
@@ -50,9 +56,9 @@ def parse_op(raw: object, where: str = "op") -> Op:
         )
     allowed = {
         "create": {"op", "object"},
-        "replace": {"op", "object"},
-        "update": {"op", "id", "patch"},
-        "delete": {"op", "id"},
+        "replace": {"op", "object", "if_version"},
+        "update": {"op", "id", "patch", "if_version"},
+        "delete": {"op", "id", "if_version"},
     }[kind]
     extra = set(raw) - allowed
     if extra:
@@ -60,15 +66,33 @@ def parse_op(raw: object, where: str = "op") -> Op:
     if kind in ("create", "replace"):
         if "object" not in raw:
             raise InvalidOperation(f"{where}: a {kind} op needs 'object'")
-        return object_op(kind, raw["object"], where=f"{where}.object")
-    if "id" not in raw:
-        raise InvalidOperation(f"{where}: a {kind} op needs 'id'")
-    obj_id = check_id(raw["id"], f"{where}.id")
-    if kind == "delete":
-        return Op("delete", obj_id)
-    if "patch" not in raw:
-        raise InvalidOperation(f"{where}: an update op needs 'patch'")
-    return update_op(obj_id, raw["patch"], where=f"{where}.patch")
+        op = object_op(kind, raw["object"], where=f"{where}.object")
+    else:
+        if "id" not in raw:
+            raise InvalidOperation(f"{where}: a {kind} op needs 'id'")
+        obj_id = check_id(raw["id"], f"{where}.id")
+        if kind == "delete":
+            op = Op("delete", obj_id)
+        elif "patch" not in raw:
+            raise InvalidOperation(f"{where}: an update op needs 'patch'")
+        else:
+            op = update_op(obj_id, raw["patch"], where=f"{where}.patch")
+    if "if_version" not in raw:
+        return op
+    version = raw["if_version"]
+    if version is None and kind == "replace":
+        return dataclasses.replace(op, if_absent=True)  # create only
+    return dataclasses.replace(op, if_version=check_version(version, f"{where}.if_version"))
+
+
+def check_version(value: object, where: str = "version") -> str:
+    """An object version as reads give it (32 hex digits)."""
+    if type(value) is not str or len(value) != 32 or not _HEX.issuperset(value):
+        raise InvalidOperation(
+            f"{where} must be an object version as reads give it (32 hex digits;"
+            " null, for a replace only, means the object must not exist)"
+        )
+    return value
 
 
 def object_op(kind: str, doc: object, obj_id: str | None = None, where: str = "object") -> Op:

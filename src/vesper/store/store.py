@@ -9,6 +9,7 @@ together, so a crash leaves either all of it or none.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from vesper.errors import (
     HistoryDisabled,
     InvalidChangeset,
     InvalidOperation,
+    PreconditionFailed,
     StorageError,
     StoreDamaged,
     WritesRefused,
@@ -41,15 +43,16 @@ from vesper.history.revision import (
     is_valid_branch_id,
     parse_revision,
 )
-from vesper.merge.register import ObjectState, new_object_row
+from vesper.merge.register import ObjectState, new_object_row, new_object_version
 from vesper.storage.database import Database
 from vesper.storage.url import parse_storage_url
 from vesper.store import changes as change_queries
 from vesper.store import history as history_queries
+from vesper.store import idempotency as idempotency_keys
 from vesper.store.changes import Change
 from vesper.store.digest import KEPT_MARK, DigestIndex
 from vesper.store.integrity import ChainWatch, verify_on_open
-from vesper.store.ops import Op, fold, object_op, parse_op, update_op
+from vesper.store.ops import Op, check_version, fold, object_op, parse_op, update_op
 from vesper.store.outbox_tail import OutboxTail
 from vesper.store.pending import PendingIndex
 from vesper.store.query import Where, iter_objects, parse_where
@@ -60,6 +63,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+VERSIONED_OPS = 100
+"""Commits of at most this many operations report their objects' new versions."""
 _IN_CHUNK = 500
 
 
@@ -98,6 +103,11 @@ class CommitResult:
     """The ids of the objects the commit touched, in operation order."""
     changeset: str
     """The new changeset's id ``<branch_id>.<counter>``."""
+    versions: dict[str, str | None] = field(default_factory=dict)
+    """Each touched object's version after the commit (None: it does not exist), for
+    commits of at most VERSIONED_OPS operations."""
+    replayed: bool = False
+    """The answer of an earlier commit with the same idempotency key: nothing new."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +270,14 @@ class Store:
 
     # -- local writes --------------------------------------------------------------
 
-    def create(self, doc: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> CommitResult:
-        """Create one object, or several in one changeset; ``id`` is generated if absent."""
+    def create(
+        self,
+        doc: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        idempotency: tuple[str, str] | None = None,
+    ) -> CommitResult:
+        """Create one object, or several in one changeset; ``id`` is generated if absent.
+        With ``idempotency`` (key, request fingerprint), a repeat of a commit made with
+        that key answers as it did, committing nothing (``store.idempotency``)."""
         docs = list(doc) if isinstance(doc, list | tuple) else [doc]
         if not docs:
             raise InvalidOperation("create needs at least one object")
@@ -271,28 +287,55 @@ class Store:
                 [
                     object_op("create", d, where=f"object {i}" if many else "object")
                     for i, d in enumerate(docs)
-                ]
+                ],
+                idempotency,
             )
 
-    def replace(self, doc: Mapping[str, Any], obj_id: str | None = None) -> CommitResult:
-        """Replace a whole object (creating it if absent)."""
-        return self._commit([object_op("replace", doc, obj_id)])
+    def replace(
+        self,
+        doc: Mapping[str, Any],
+        obj_id: str | None = None,
+        *,
+        if_version: str | None = None,
+        if_absent: bool = False,
+    ) -> CommitResult:
+        """Replace a whole object (creating it if absent). With ``if_version``, only if
+        the object is at that version; with ``if_absent``, only if it does not exist
+        (PreconditionFailed otherwise)."""
+        return self._commit(
+            [_conditional(object_op("replace", doc, obj_id), if_version, if_absent)]
+        )
 
-    def update(self, obj_id: str, patch: Mapping[str, Any]) -> CommitResult:
+    def update(
+        self, obj_id: str, patch: Mapping[str, Any], *, if_version: str | None = None
+    ) -> CommitResult:
         """Apply a JSON Merge Patch (RFC 7396) to an existing object."""
-        return self._commit([update_op(obj_id, patch)])
+        return self._commit([_conditional(update_op(obj_id, patch), if_version, False)])
 
-    def delete(self, obj_id: str) -> CommitResult:
-        return self._commit([parse_op({"op": "delete", "id": obj_id})])
+    def delete(self, obj_id: str, *, if_version: str | None = None) -> CommitResult:
+        op = parse_op({"op": "delete", "id": obj_id})
+        return self._commit([_conditional(op, if_version, False)])
 
-    def transaction(self, ops: Sequence[Mapping[str, Any]]) -> CommitResult:
-        """Several operations committed as one changeset, or not at all."""
+    def transaction(
+        self, ops: Sequence[Mapping[str, Any]], *, idempotency: tuple[str, str] | None = None
+    ) -> CommitResult:
+        """Several operations committed as one changeset, or not at all. An op's
+        ``if_version`` is checked against the object as stored before the transaction."""
         if isinstance(ops, str | bytes | Mapping) or not isinstance(ops, Sequence):
             raise InvalidOperation("ops must be a list of operations")
         if not ops:
             raise InvalidOperation("a transaction needs at least one operation")
         with _gc_paused(len(ops)):
-            return self._commit([parse_op(op, f"ops[{i}]") for i, op in enumerate(ops)])
+            parsed = [parse_op(op, f"ops[{i}]") for i, op in enumerate(ops)]
+            return self._commit(parsed, idempotency)
+
+    def version(self, obj_id: str) -> tuple[str, str] | None:
+        """``(document JSON, version)`` of a live object, read together, or None."""
+        rows = self.db.read("SELECT doc, state FROM objects WHERE id = ? AND live = 1", (obj_id,))
+        if not rows:
+            return None
+        doc, state = rows[0]
+        return doc, ObjectState.load(obj_id, doc, state).version()
 
     def refuse_writes(self, reason: str | None) -> None:
         """Refuse local writes with ``reason`` (None takes them again). Replication does
@@ -301,15 +344,20 @@ class Store:
         else on the other nodes."""
         self.writes_refused = reason
 
-    def _commit(self, ops: list[Op]) -> CommitResult:
+    def _commit(self, ops: list[Op], idempotency: tuple[str, str] | None = None) -> CommitResult:
         if self.db.failure is not None:
             raise self.db.damaged()  # before a refusal: its cure does not cure this
         if self.writes_refused is not None:
             raise WritesRefused(self.writes_refused)
         with self.db.lock:
             with self._rollback_memory_on_error(), self.db.write() as conn:
+                if idempotency is not None:
+                    earlier = idempotency_keys.earlier(conn, *idempotency)
+                    if earlier is not None:
+                        return CommitResult(**earlier, replayed=True)
                 live_docs: dict[str, str] = {}
                 states = self._load_states(conn, {op.id for op in ops}, live_docs)
+                _check_conditions(ops, states)
                 changes = [_normalized(c) for c in fold(ops, states.get)]
                 counter = self._vv.get(self.branch_id, 0) + 1
                 hlc = self._clock.tick()
@@ -327,8 +375,9 @@ class Store:
                     "changes": changes,
                 }
                 self._heads[self.branch_id] = content_hash(body)
+                versions: dict[str, str | None] | None = {} if len(ops) <= VERSIONED_OPS else None
                 self._write_changes(
-                    conn, states, live_docs, changes, self.branch_id, counter, hlc, base
+                    conn, states, live_docs, changes, self.branch_id, counter, hlc, base, versions
                 )
                 queued = None
                 if self.save_history:
@@ -345,9 +394,15 @@ class Store:
                         self._outbox += 1
                         queued = seq, text
                 self._save_state(conn)
+                result = CommitResult(
+                    body["revision"], [op.id for op in ops], body["id"], versions or {}
+                )
+                if idempotency is not None:
+                    idempotency_keys.remember(
+                        conn, *idempotency, result.revision, result.ids, result.changeset
+                    )
             if queued is not None:
                 self._tail.append(*queued)  # committed; in seq order, under the lock
-        result = CommitResult(body["revision"], [op.id for op in ops], body["id"])
         for listener in self._commit_listeners:
             listener(result)
         for changed in self._change_listeners:
@@ -539,7 +594,10 @@ class Store:
         counter: int,
         hlc: int,
         base: Mapping[str, int],
+        versions: dict[str, str | None] | None = None,
     ) -> None:
+        """Merge ``changes`` into the objects' rows (and the digest); the version of
+        each object after it goes to ``versions`` when given."""
         rows = []
         live_delta = 0
         digest = self._digest
@@ -552,6 +610,8 @@ class Store:
                 rows.append((obj_id, *row))
                 live_delta += 1
                 digest.change(obj_id, None, row[1], {"id": obj_id, **props})
+                if versions is not None:
+                    versions[obj_id] = new_object_version(props, origin, counter)
                 continue
             if state is None:
                 state = states[obj_id] = ObjectState(obj_id)
@@ -560,6 +620,8 @@ class Store:
             live, doc_text, state_text, conflicted = state.dump()
             live_delta += live - was_live
             rows.append((obj_id, live, doc_text, state_text, conflicted))
+            if versions is not None:
+                versions[obj_id] = state.version() if live else None
             new_doc = doc_text if live else None
             digest.change(obj_id, live_docs.pop(obj_id, None), new_doc)
             if new_doc is not None:
@@ -849,6 +911,32 @@ class Store:
         """Committed changesets the broker has not confirmed (kept in memory: status
         reads it on every call, and a long outage makes the outbox large)."""
         return self._outbox
+
+
+def _conditional(op: Op, if_version: str | None, if_absent: bool) -> Op:
+    if if_version is None and not if_absent:
+        return op
+    version = check_version(if_version) if if_version is not None else None
+    return dataclasses.replace(op, if_version=version, if_absent=if_absent)
+
+
+def _check_conditions(ops: list[Op], states: Mapping[str, ObjectState]) -> None:
+    """Raise PreconditionFailed unless every conditional op finds its object as it
+    requires (under the write lock, in the commit's transaction: no write between the
+    check and the commit)."""
+    for op in ops:
+        if op.if_version is None and not op.if_absent:
+            continue
+        state = states.get(op.id)
+        current = state.version() if state is not None and state.live else None
+        if op.if_absent and current is not None:
+            raise PreconditionFailed(f"object {op.id!r} exists (the write is for a new one)")
+        if op.if_version is not None and current != op.if_version:
+            found = "does not exist" if current is None else f"is at version {current}"
+            raise PreconditionFailed(
+                f"object {op.id!r} {found}, not {op.if_version}: it changed since it was "
+                "read; read it again"
+            )
 
 
 def _normalized(change: dict[str, Any]) -> dict[str, Any]:
