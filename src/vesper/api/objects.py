@@ -35,7 +35,7 @@ from vesper.api.jsonio import (
 from vesper.api.streaming import ThreadedBatches, array_response
 from vesper.store.store import CommitResult
 
-LIST_PARAMS = ("where", "limit", "after")
+LIST_PARAMS = ("where", "limit", "after", "conflicts", "conflicted")
 
 
 def routes(ctx: ApiContext) -> list[BaseRoute]:
@@ -60,8 +60,9 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         where = json_object_param(params, "where")
         limit = int_param(params, "limit")
         after = params.get("after")
+        flags = _flag(params, "conflicted"), _flag(params, "conflicts")
         # The revision is read in the listing's own snapshot: it names its contents.
-        revision, rows = await ctx.read(ctx.store.query_snapshot, where, limit, after)
+        revision, rows = await ctx.read(ctx.store.query_snapshot, where, limit, after, *flags)
         batches = ThreadedBatches(rows)
         try:
             first = await batches.next()
@@ -72,9 +73,10 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         return array_response(b'{"results":[', first, batches, tail)
 
     async def get_object(request: Request) -> Response:
-        query_params(request)
         obj_id = request.path_params["id"]
-        found = await ctx.read(ctx.store.version, obj_id)
+        with_conflicts = _flag(query_params(request, ("conflicts",)), "conflicts")
+        read = ctx.store.get_with_conflicts if with_conflicts else ctx.store.version
+        found = await ctx.read(read, obj_id)
         if found is None:
             raise HttpError(404, f"object {obj_id!r} does not exist")
         text, version = found
@@ -140,6 +142,13 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         ObjectRoute("/api/objects/{id:path}", patch_object, methods=["PATCH"]),
         ObjectRoute("/api/objects/{id:path}", delete_object, methods=["DELETE"]),
     ]
+
+
+def _flag(params: dict[str, str], name: str) -> bool:
+    value = params.get(name, "false")
+    if value not in ("true", "false"):
+        raise HttpError(400, f"query parameter {name!r} must be true or false, got {value!r}")
+    return value == "true"
 
 
 def _committed(answer: dict[str, Any], result: CommitResult, status: int = 200) -> Response:

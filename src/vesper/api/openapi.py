@@ -74,6 +74,14 @@ _IDEMPOTENCY_KEY = _header(
     " answer (Idempotent-Replayed: true) instead of committing again; kept a day",
 )
 
+_CONFLICTS = {
+    "name": "conflicts",
+    "in": "query",
+    "required": False,
+    "description": "true: {object, conflicts} with the losing values of each conflict",
+    "schema": {"type": "string", "enum": ["true", "false"]},
+}
+
 _IF_VERSION = {
     "type": "string",
     "description": "the version (ETag without quotes) the object must be at",
@@ -118,8 +126,20 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["results", "revision"],
         "properties": {
-            "results": {"type": "array", "items": _ref("Object")},
+            "results": {
+                "type": "array",
+                "items": {"anyOf": [_ref("Object"), _ref("ObjectWithConflicts")]},
+                "description": "objects; with conflicts=true, each with its conflicts",
+            },
             "revision": _REVISION,
+        },
+    },
+    "ObjectWithConflicts": {
+        "type": "object",
+        "required": ["object", "conflicts"],
+        "properties": {
+            "object": _ref("Object"),
+            "conflicts": {"type": "array", "items": _ref("Conflict")},
         },
     },
     "Operation": {
@@ -330,6 +350,12 @@ PATHS: dict[str, Any] = {
                 ),
                 _query("limit", "at most this many objects", {"type": "integer", "minimum": 0}),
                 _query("after", "only ids sorting after this one (paging)", {"type": "string"}),
+                _CONFLICTS,
+                _query(
+                    "conflicted",
+                    "true: only objects with a conflict",
+                    {"type": "string", "enum": ["true", "false"]},
+                ),
             ],
             "responses": {"200": _json(_ref("ObjectList"), "the objects"), **_errors(400)},
         },
@@ -360,12 +386,16 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "One object; its ETag names its version",
             "parameters": [
-                _header("If-None-Match", "an ETag (or *): 304 when the object is at it")
+                _header("If-None-Match", "an ETag (or *): 304 when the object is at it"),
+                _CONFLICTS,
             ],
             "responses": {
-                "200": _json(_ref("Object"), "the object"),
+                "200": _json(
+                    {"anyOf": [_ref("Object"), _ref("ObjectWithConflicts")]},
+                    "the object; with conflicts=true, with its conflicts",
+                ),
                 "304": {"description": "the object is at the version If-None-Match names"},
-                **_errors(404),
+                **_errors(400, 404),
             },
         },
         "put": {

@@ -11,6 +11,7 @@ import orjson
 from vesper.document.values import check_value, json_equal
 from vesper.errors import InvalidDocument
 from vesper.history.revision import format_revision
+from vesper.merge.register import ObjectState
 from vesper.storage.database import Database
 
 PAGE_ROWS = 500
@@ -61,24 +62,45 @@ def _prefilter(where: Where) -> tuple[str, list[Any]]:
 
 
 def iter_objects(
-    db: Database, where: Where, limit: int | None = None, after: str | None = None
+    db: Database,
+    where: Where,
+    limit: int | None = None,
+    after: str | None = None,
+    conflicted: bool = False,
+    with_conflicts: bool = False,
 ) -> tuple[str, Iterator[str]]:
     """The revision of one snapshot, and its live objects' JSON text in id order, a page
     at a time. The snapshot (a read transaction) is open from this call until the
-    iterator is exhausted or closed."""
+    iterator is exhausted or closed. ``conflicted``: only objects with a conflict;
+    ``with_conflicts``: each as ``{"object", "conflicts"}`` (``ObjectState.conflicts``)."""
     if limit is not None and (type(limit) is not int or limit < 0):
         raise InvalidDocument(f"limit must be a non-negative integer, got {limit!r}")
     if after is not None and not isinstance(after, str):
         raise InvalidDocument(f"after must be a string id, got {type(after).__name__}")
-    rows = _iter(db, where, limit, after or "")
+    rows = _iter(db, where, limit, after or "", conflicted, with_conflicts)
     revision = next(rows)
     return revision, rows
 
 
-def _iter(db: Database, where: Where, limit: int | None, after: str) -> Iterator[str]:
+def with_conflicts_json(obj_id: str, doc: str, state: str, conflicted: int) -> str:
+    """``{"object": <doc>, "conflicts": [...]}`` as JSON text."""
+    found = ObjectState.load(obj_id, doc, state).conflicts() if conflicted else []
+    return orjson.dumps({"object": orjson.Fragment(doc), "conflicts": found}).decode()
+
+
+def _iter(
+    db: Database,
+    where: Where,
+    limit: int | None,
+    after: str,
+    conflicted: bool,
+    with_conflicts: bool,
+) -> Iterator[str]:
     extra_sql, extra_params = _prefilter(where)
+    if conflicted:
+        extra_sql += " AND conflicted = 1"
     sql = (
-        f"SELECT id, doc FROM objects WHERE live = 1 AND id > ?{extra_sql} "
+        f"SELECT id, doc, state, conflicted FROM objects WHERE live = 1 AND id > ?{extra_sql} "
         f"ORDER BY id LIMIT {PAGE_ROWS}"
     )
     with db.snapshot() as reader:
@@ -89,10 +111,12 @@ def _iter(db: Database, where: Where, limit: int | None, after: str) -> Iterator
             return
         while True:
             rows = reader.fetch(sql, [after, *extra_params])
-            for _obj_id, doc in rows:
+            for obj_id, doc, state, has_conflict in rows:
                 if where.items and not where.matches(orjson.loads(doc)):
                     continue
-                yield doc
+                yield (
+                    with_conflicts_json(obj_id, doc, state, has_conflict) if with_conflicts else doc
+                )
                 if remaining is not None:
                     remaining -= 1
                     if remaining == 0:

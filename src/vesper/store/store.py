@@ -736,11 +736,25 @@ class Store:
         where: Mapping[str, Any] | None = None,
         limit: int | None = None,
         after: str | None = None,
+        conflicted: bool = False,
+        with_conflicts: bool = False,
     ) -> tuple[str, Iterator[str]]:
         """``query_json`` plus the revision its snapshot shows, read in the same read
-        transaction (so a listing names exactly the revision of its contents)."""
+        transaction (so a listing names exactly the revision of its contents);
+        ``conflicted`` and ``with_conflicts`` as for ``store.query.iter_objects``."""
         spec: Where = parse_where(where)
-        return iter_objects(self.db, spec, limit, after)
+        return iter_objects(self.db, spec, limit, after, conflicted, with_conflicts)
+
+    def get_with_conflicts(self, obj_id: str) -> tuple[str, str] | None:
+        """``{"object", "conflicts"}`` of a live object as JSON text, and its version; or
+        None."""
+        rows = self.db.read("SELECT doc, state FROM objects WHERE id = ? AND live = 1", (obj_id,))
+        if not rows:
+            return None
+        doc, state = rows[0]
+        obj = ObjectState.load(obj_id, doc, state)
+        text = orjson.dumps({"object": orjson.Fragment(doc), "conflicts": obj.conflicts()})
+        return text.decode(), obj.version()
 
     def digest(self) -> str:
         """The LtHash digest of the live objects (docs/http-api.md, ``/api/digest``)."""
