@@ -37,6 +37,10 @@ class PreconditionFailed(VesperError):
     object at another version, or present or absent against the condition."""
 
 
+class AccessDenied(VesperError):
+    """A request without a valid token, or with a read-only one for a write."""
+
+
 class IdempotencyKeyReused(VesperError):
     """An idempotency key given again with a different request."""
 
