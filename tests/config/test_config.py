@@ -385,6 +385,7 @@ def test_unknown_name_in_overrides() -> None:
         ("api_idle_timeout", True, "a number of seconds > 0"),
         ("api_max_connections", 0, "an integer >= 1"),
         ("api_feed_buffer_bytes", 0, "an integer >= 1"),
+        ("indexes", ["a..b"], "a list of property paths"),
         ("replication_peer_gone_after", 0, "an integer >= 1"),
         ("replication_ready_timeout", -5, "an integer >= 1"),
         ("log_format", "xml", "one of 'text', 'json'"),

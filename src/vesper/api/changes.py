@@ -31,9 +31,10 @@ from vesper.api.context import ApiContext
 from vesper.api.errors import ABORT, HttpError
 from vesper.api.jsonio import int_param, json_object_param, json_response, query_params
 from vesper.document import strict_json
+from vesper.query.expression import Expr
 from vesper.store import Store
 from vesper.store.changes import Change
-from vesper.store.query import Where, parse_where
+from vesper.store.query import parse_where
 
 log = logging.getLogger("vesper.api")
 
@@ -67,7 +68,7 @@ NDJSON_TYPE = "application/x-ndjson"
 @dataclass(frozen=True, slots=True)
 class Filter:
     ids: frozenset[str] | None
-    where: Where | None
+    where: Expr | None
     include_objects: bool
 
     def entry(self, store: Store, change: Change, objects_from: int = 0) -> dict[str, Any] | None:

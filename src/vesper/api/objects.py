@@ -33,9 +33,25 @@ from vesper.api.jsonio import (
     read_json,
 )
 from vesper.api.streaming import ThreadedBatches, array_response
+from vesper.query.order import parse_fields, parse_sort
+from vesper.store.query import Query, parse_where
 from vesper.store.store import CommitResult
 
-LIST_PARAMS = ("where", "limit", "after", "conflicts", "conflicted")
+LIST_PARAMS = (
+    "where",
+    "limit",
+    "after",
+    "conflicts",
+    "conflicted",
+    "sort",
+    "fields",
+    "count",
+    "explain",
+)
+DEFAULT_SORTED_LIMIT = 1_000
+MAX_SORTED_LIMIT = 10_000
+"""A sorted, projected or explained listing is built in memory: it comes in pages."""
+ALL = 2**62
 
 
 def routes(ctx: ApiContext) -> list[BaseRoute]:
@@ -61,6 +77,10 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         limit = int_param(params, "limit")
         after = params.get("after")
         flags = _flag(params, "conflicted"), _flag(params, "conflicts")
+        shaped = any(name in params for name in ("sort", "fields", "count", "explain"))
+        if shaped or await ctx.in_thread(ctx.store.plans_index, where):
+            query = _query(params, where, limit, after, flags, shaped)
+            return json_response(await ctx.in_thread(ctx.store.run_query, query))
         # The revision is read in the listing's own snapshot: it names its contents.
         revision, rows = await ctx.read(ctx.store.query_snapshot, where, limit, after, *flags)
         batches = ThreadedBatches(rows)
@@ -124,12 +144,21 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
 
     async def object_history(request: Request) -> Response:
         obj_id = request.path_params["id"]
-        query_params(request)
+        params = query_params(request, ("limit", "after"))
+        limit = int_param(params, "limit")
         store = ctx.store
         history = await ctx.in_thread(store.object_history, obj_id)
         if not history and await ctx.read(store.get_json, obj_id) is None:
             raise HttpError(404, f"object {obj_id!r} does not exist and has no history")
-        return json_response({"history": history})
+        if "after" in params:
+            ids = [entry["changeset"] for entry in history]
+            if params["after"] not in ids:
+                raise HttpError(400, f"after: {params['after']!r} is not in this history")
+            history = history[ids.index(params["after"]) + 1 :]
+        answer: dict[str, Any] = {"history": history[:limit] if limit is not None else history}
+        if limit is not None and len(history) > limit:
+            answer["next"] = history[limit - 1]["changeset"] if limit else None
+        return json_response(answer)
 
     # ``{id:path}`` lets an id decoded from %2F keep its "/"; ObjectRoute checks on
     # the raw path that the id was one segment.
@@ -142,6 +171,33 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         ObjectRoute("/api/objects/{id:path}", patch_object, methods=["PATCH"]),
         ObjectRoute("/api/objects/{id:path}", delete_object, methods=["DELETE"]),
     ]
+
+
+def _query(
+    params: dict[str, str],
+    where: dict[str, Any] | None,
+    limit: int | None,
+    after: str | None,
+    flags: tuple[bool, bool],
+    shaped: bool,
+) -> Query:
+    if shaped:
+        limit = DEFAULT_SORTED_LIMIT if limit is None else limit
+        if limit > MAX_SORTED_LIMIT:
+            raise HttpError(
+                400, f"limit is at most {MAX_SORTED_LIMIT} with sort, fields, count or explain"
+            )
+    return Query(
+        where=parse_where(where),
+        sort=parse_sort(params["sort"]) if "sort" in params else (),
+        fields=parse_fields(params["fields"]) if "fields" in params else None,
+        limit=ALL if limit is None else limit,
+        after=after,
+        count=_flag(params, "count"),
+        explain=_flag(params, "explain"),
+        conflicted=flags[0],
+        with_conflicts=flags[1],
+    )
 
 
 def _flag(params: dict[str, str], name: str) -> bool:

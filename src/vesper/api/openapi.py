@@ -124,7 +124,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "ObjectList": {
         "type": "object",
-        "required": ["results", "revision"],
+        "required": ["revision"],
         "properties": {
             "results": {
                 "type": "array",
@@ -132,6 +132,12 @@ SCHEMAS: dict[str, Any] = {
                 "description": "objects; with conflicts=true, each with its conflicts",
             },
             "revision": _REVISION,
+            "next": {
+                "type": ["string", "null"],
+                "description": "with sort, fields or explain: pass as after for the next page",
+            },
+            "count": {"type": "integer"},
+            "explain": {"type": "object"},
         },
     },
     "ObjectWithConflicts": {
@@ -356,6 +362,27 @@ PATHS: dict[str, Any] = {
                     "true: only objects with a conflict",
                     {"type": "string", "enum": ["true", "false"]},
                 ),
+                _query(
+                    "sort",
+                    "property paths, - for descending: -price,name (pages of limit, 1000 by"
+                    " default; continue with after=next)",
+                    {"type": "string"},
+                ),
+                _query(
+                    "fields",
+                    "property paths to keep besides id: name,owner.name",
+                    {"type": "string"},
+                ),
+                _query(
+                    "count",
+                    "true: only {count, revision}",
+                    {"type": "string", "enum": ["true", "false"]},
+                ),
+                _query(
+                    "explain",
+                    "true: add which index served the query and how many objects it read",
+                    {"type": "string", "enum": ["true", "false"]},
+                ),
             ],
             "responses": {"200": _json(_ref("ObjectList"), "the objects"), **_errors(400)},
         },
@@ -432,9 +459,17 @@ PATHS: dict[str, Any] = {
         "parameters": [_ID],
         "get": {
             "summary": "Every revision of one object, oldest first",
+            "parameters": [
+                _query("limit", "at most this many entries", {"type": "integer", "minimum": 0}),
+                _query(
+                    "after",
+                    "a changeset id of this history: the entries after it",
+                    {"type": "string"},
+                ),
+            ],
             "responses": {
                 "200": _list_of("history", _ref("HistoryEntry"), "the history"),
-                **_errors(404, 409),
+                **_errors(400, 404, 409),
             },
         },
     },
@@ -561,6 +596,48 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("Change"), "the entry"),
                 **_errors(400, 404, 409),
+            },
+        },
+    },
+    "/api/indexes": {
+        "get": {
+            "summary": "The property indexes and their state (building or ready)",
+            "responses": {
+                "200": _list_of(
+                    "indexes",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "path": {"type": "string"},
+                            "state": {"enum": ["building", "ready"]},
+                            "built_upto": {"type": "string"},
+                        },
+                    },
+                    "the indexes",
+                )
+            },
+        },
+        "post": {
+            "summary": "Add an index on a property path; it is built in the background",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["path"],
+                            "properties": {"path": {"type": "string"}},
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "202": _json(
+                    {"type": "object"}, "added; building (or ready when the store is empty)"
+                ),
+                "200": _json({"type": "object"}, "there already"),
+                **_errors(400, 413),
             },
         },
     },

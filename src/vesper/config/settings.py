@@ -169,6 +169,24 @@ def _check_channels(name: str, value: object) -> tuple[str, ...] | None:
     return channels or None
 
 
+def _check_indexes(name: str, value: object) -> tuple[str, ...]:
+    expected = "a list of property paths such as ['price', 'owner.name']"
+    if not isinstance(value, list | tuple):
+        raise _fail(name, expected, value)
+    paths = []
+    for item in value:
+        if (
+            not isinstance(item, str)
+            or not item
+            or len(item) > 1_000
+            or any(not part for part in item.split("."))
+        ):
+            raise _fail(name, expected, item)
+        if item not in paths:
+            paths.append(item)
+    return tuple(paths)
+
+
 def _parse_host_port(name: str, item: object) -> tuple[str, int]:
     expected = (
         "'host:port', 'stomp+ssl://host:port' or a (host, port) pair with a port from 1 to 65535"
@@ -293,6 +311,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("save_history", "bool", DEFAULT_SAVE_HISTORY,
              "keep the revision history; replication requires it",
              "True", _check_bool, aliases=("saveHistory",)),
+    Variable("indexes", "list of str", (),
+             "property paths to index for queries (built in the background when added)",
+             "['price', 'owner.name']", _check_indexes),
     Variable("replication_hosts", "list of (host, port) | str | None", None,
              "STOMP brokers, tried in order (more than one enables failover); "
              "None or empty means no replication",
@@ -489,6 +510,7 @@ class Settings:
     replication_hosts: tuple[tuple[str, int], ...] | None = None
     replication_channel: str | None = None
     replication_channels: tuple[str, ...] | None = None
+    indexes: tuple[str, ...] = ()
     send_stomp_ack: bool = DEFAULT_SEND_STOMP_ACK
     replication_broker: Literal["activemq", "rabbitmq", "vesper"] | None = None
     replication_login: str | None = None

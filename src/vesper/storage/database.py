@@ -86,6 +86,21 @@ CREATE TABLE IF NOT EXISTS quarantine ( -- rejected messages, newest kept
     headers TEXT NOT NULL,
     excerpt TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS indexes (   -- property indexes declared, and their build
+    path TEXT PRIMARY KEY,
+    state TEXT NOT NULL,            -- building or ready
+    built_upto TEXT NOT NULL        -- the last object id the build has entered
+);
+CREATE TABLE IF NOT EXISTS property_index ( -- one row per indexed path and object
+    path TEXT NOT NULL,
+    rank INTEGER NOT NULL,          -- 1 null, 2 boolean, 3 number, 4 string
+    num REAL,
+    txt TEXT,
+    id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS property_index_num ON property_index(path, rank, num);
+CREATE INDEX IF NOT EXISTS property_index_txt ON property_index(path, rank, txt);
+CREATE INDEX IF NOT EXISTS property_index_id ON property_index(id);
 CREATE TABLE IF NOT EXISTS idempotency_keys ( -- retried writes get the first answer
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,      -- SHA-256 of method, path and body

@@ -1,52 +1,42 @@
-"""Streaming object queries: sorted by id, equality filters, keyset paging."""
+"""Object queries: streamed in id order, or sorted and projected; keyset paging."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from vesper.document.values import check_value, json_equal
 from vesper.errors import InvalidDocument
 from vesper.history.revision import format_revision
 from vesper.merge.register import ObjectState
-from vesper.storage.database import Database
+from vesper.query.expression import EVERYTHING, Condition, Expr, conjuncts, parse
+from vesper.query.order import SortKey, cursor, order_key, project, read_cursor, sort_values
+from vesper.query.planner import Planner
+from vesper.storage.database import Database, Reader
 
 PAGE_ROWS = 500
 
 
-@dataclass(frozen=True, slots=True)
-class Where:
-    """Top-level property equality tests, all of which must hold."""
-
-    items: tuple[tuple[str, Any], ...] = ()
-
-    def matches(self, doc: Mapping[str, Any]) -> bool:
-        return all(k in doc and json_equal(doc[k], v) for k, v in self.items)
+def parse_where(where: Mapping[str, Any] | None) -> Expr:
+    """The expression of a ``where`` object (docs/queries.md); None: everything."""
+    return EVERYTHING if where is None else parse(where)
 
 
-def parse_where(where: Mapping[str, Any] | None) -> Where:
-    if where is None:
-        return Where()
-    if not isinstance(where, Mapping):
-        raise InvalidDocument(f"where must be a JSON object, got {type(where).__name__}")
-    for key, value in where.items():
-        if type(key) is not str:
-            raise InvalidDocument(f"where: property name {key!r} is not a string")
-        check_value(value, f"where.{key}", 1)
-    return Where(tuple(where.items()))
-
-
-def _prefilter(where: Where) -> tuple[str, list[Any]]:
-    """SQL conditions that narrow the scan; the exact JSON comparison runs in Python."""
+def _prefilter(where: Expr) -> tuple[str, list[Any]]:
+    """SQL conditions that narrow the scan (equality on a path, told apart by JSON type
+    because SQLite's json_extract reads true as 1); the exact test runs in Python."""
     sql: list[str] = []
     params: list[Any] = []
-    for key, value in where.items:
-        if '"' in key or "\\" in key:
+    for term in conjuncts(where):
+        if not isinstance(term, Condition) or term.op != "$eq":
             continue
-        path = f'$."{key}"'
+        if any('"' in name or "\\" in name for name in term.path):
+            continue
+        path = "$" + "".join(f'."{name}"' for name in term.path)
+        value = term.operand
         if type(value) is bool:
             sql.append("json_type(doc, ?) = ?")
             params += [path, "true" if value else "false"]
@@ -55,15 +45,18 @@ def _prefilter(where: Where) -> tuple[str, list[Any]]:
             params.append(path)
         elif type(value) is int and not -(2**63) <= value < 2**63:
             continue  # beyond SQLite's INTEGER: compared in Python only
-        elif type(value) in (str, int, float):
-            sql.append("json_extract(doc, ?) = ?")
-            params += [path, value]
+        elif type(value) is str:
+            sql.append("json_type(doc, ?) = 'text' AND json_extract(doc, ?) = ?")
+            params += [path, path, value]
+        elif type(value) in (int, float):
+            sql.append("json_type(doc, ?) IN ('integer', 'real') AND json_extract(doc, ?) = ?")
+            params += [path, path, value]
     return "".join(f" AND {c}" for c in sql), params
 
 
 def iter_objects(
     db: Database,
-    where: Where,
+    where: Expr,
     limit: int | None = None,
     after: str | None = None,
     conflicted: bool = False,
@@ -90,7 +83,7 @@ def with_conflicts_json(obj_id: str, doc: str, state: str, conflicted: int) -> s
 
 def _iter(
     db: Database,
-    where: Where,
+    where: Expr,
     limit: int | None,
     after: str,
     conflicted: bool,
@@ -112,7 +105,7 @@ def _iter(
         while True:
             rows = reader.fetch(sql, [after, *extra_params])
             for obj_id, doc, state, has_conflict in rows:
-                if where.items and not where.matches(orjson.loads(doc)):
+                if where is not EVERYTHING and not where.matches(orjson.loads(doc)):
                     continue
                 yield (
                     with_conflicts_json(obj_id, doc, state, has_conflict) if with_conflicts else doc
@@ -124,3 +117,109 @@ def _iter(
             if len(rows) < PAGE_ROWS:
                 return
             after = rows[-1][0]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A listing that is not streamed in id order: sorted, projected, counted or
+    explained (docs/queries.md)."""
+
+    where: Expr = EVERYTHING
+    sort: tuple[SortKey, ...] = ()
+    fields: tuple[tuple[str, ...], ...] | None = None
+    limit: int = 1_000
+    after: str | None = None
+    """The last id of the previous page, or with ``sort`` its ``next`` cursor."""
+    count: bool = False
+    explain: bool = False
+    conflicted: bool = False
+    with_conflicts: bool = False
+
+
+def run_query(db: Database, query: Query, planner: Planner | None = None) -> dict[str, Any]:
+    """``{"results", "revision", "next"}`` (or ``{"count", "revision"}``), from one
+    snapshot, plus ``explain``: which index served it and how many objects were read."""
+    keys = query.sort
+    after_key: tuple[Any, ...] | None = None
+    if query.after is not None:
+        if keys:
+            values, obj_id = read_cursor(query.after, keys)
+            after_key = order_key(values, keys, obj_id)
+        else:
+            after_key = (query.after,)
+    chosen: list[tuple[tuple[Any, ...], str, str, str, int]] = []
+    matched = read = 0
+    with db.snapshot() as reader:
+        state = reader.fetch("SELECT value FROM meta WHERE key = 'state'")
+        revision = format_revision(orjson.loads(state[0][0])["vv"]) if state else ""
+        plan = planner.plan(reader, query.where) if planner is not None else None
+        rows = plan.rows(reader) if plan is not None else _scan(reader, query)
+        for obj_id, text, obj_state, has_conflict in rows:
+            read += 1
+            if query.conflicted and not has_conflict:
+                continue
+            doc = orjson.loads(text)
+            if not query.where.matches(doc):
+                continue
+            matched += 1
+            if query.count:
+                continue
+            key = order_key(sort_values(doc, keys), keys, obj_id) if keys else (obj_id,)
+            if after_key is not None and key <= after_key:
+                continue
+            chosen.append((key, obj_id, text, obj_state, has_conflict))
+            if len(chosen) > 2 * query.limit:  # bounded memory: keep the best so far
+                chosen = heapq.nsmallest(query.limit + 1, chosen, key=lambda c: c[0])
+    answer: dict[str, Any]
+    if query.count:
+        answer = {"count": matched, "revision": revision}
+    else:
+        page = heapq.nsmallest(query.limit + 1, chosen, key=lambda c: c[0])
+        more = len(page) > query.limit
+        page = page[: query.limit]
+        results = [_shape(query, *item[1:]) for item in page]
+        last = page[-1] if page and more else None
+        answer = {"results": results, "revision": revision, "next": _next(last, keys)}
+    if query.explain:
+        answer["explain"] = {
+            "index": plan.describe() if plan is not None else None,
+            "read": read,
+            "matched": matched,
+        }
+    return answer
+
+
+def _scan(reader: Reader, query: Query) -> Iterator[tuple[str, str, str, int]]:
+    extra_sql, extra_params = _prefilter(query.where)
+    if query.conflicted:
+        extra_sql += " AND conflicted = 1"
+    after = ""
+    while True:
+        rows = reader.fetch(
+            f"SELECT id, doc, state, conflicted FROM objects WHERE live = 1 AND id > ?"
+            f"{extra_sql} ORDER BY id LIMIT {PAGE_ROWS}",
+            [after, *extra_params],
+        )
+        yield from rows
+        if len(rows) < PAGE_ROWS:
+            return
+        after = rows[-1][0]
+
+
+def _shape(query: Query, obj_id: str, text: str, state: str, has_conflict: int) -> Any:
+    if query.with_conflicts:
+        found = ObjectState.load(obj_id, text, state).conflicts() if has_conflict else []
+    doc: Any = orjson.Fragment(text)
+    if query.fields is not None:
+        doc = project(orjson.loads(text), query.fields)
+    return {"object": doc, "conflicts": found} if query.with_conflicts else doc
+
+
+def _next(
+    last: tuple[tuple[Any, ...], str, str, str, int] | None, keys: tuple[SortKey, ...]
+) -> str | None:
+    if last is None:
+        return None
+    if not keys:
+        return last[1]
+    return cursor(sort_values(orjson.loads(last[2]), keys), last[1])

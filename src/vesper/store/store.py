@@ -44,6 +44,7 @@ from vesper.history.revision import (
     parse_revision,
 )
 from vesper.merge.register import ObjectState, new_object_row, new_object_version
+from vesper.query.planner import Planner
 from vesper.storage.database import Database
 from vesper.storage.url import parse_storage_url
 from vesper.store import changes as change_queries
@@ -51,11 +52,12 @@ from vesper.store import history as history_queries
 from vesper.store import idempotency as idempotency_keys
 from vesper.store.changes import Change
 from vesper.store.digest import KEPT_MARK, DigestIndex
+from vesper.store.indexes import PropertyIndexes
 from vesper.store.integrity import ChainWatch, verify_on_open
 from vesper.store.ops import Op, check_version, fold, object_op, parse_op, update_op
 from vesper.store.outbox_tail import OutboxTail
 from vesper.store.pending import PendingIndex
-from vesper.store.query import Where, iter_objects, parse_where
+from vesper.store.query import Query, iter_objects, parse_where, run_query
 from vesper.trust.signing import content_hash
 
 if TYPE_CHECKING:
@@ -167,6 +169,7 @@ class Store:
         save_history: bool = True,
         outbox: bool = False,
         max_pending: int = DEFAULT_MAX_PENDING,
+        indexes: Sequence[str] = (),
     ) -> None:
         if not is_valid_branch_id(branch_id):
             raise ValueError(f"branch_id must be 1-64 of A-Za-z0-9_-, got {branch_id!r}")
@@ -184,6 +187,9 @@ class Store:
                 checkpoint = verify_on_open(self.db, self.branch_id)
                 self._watch = ChainWatch(self.db, self.branch_id, checkpoint)
             self._open_digest()
+            self.indexes = PropertyIndexes(self.db)
+            for path in indexes:
+                self.indexes.add(path)
         except BaseException:
             self.db.close()
             raise
@@ -193,6 +199,7 @@ class Store:
         """Why local writes are refused (None: they are taken); see ``refuse_writes``."""
         if self._watch is not None:
             self._watch.start()
+        self.indexes.start()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -244,6 +251,7 @@ class Store:
     def close(self) -> None:
         if self._watch is not None:
             self._watch.stop()
+        self.indexes.stop()
         self.db.close()
 
     @property
@@ -601,6 +609,8 @@ class Store:
         rows = []
         live_delta = 0
         digest = self._digest
+        indexed = bool(self.indexes.maintained)
+        indexed_docs: list[tuple[str, dict[str, Any] | None]] = []
         for change in changes:
             obj_id = change["id"]
             state = states.get(obj_id)
@@ -612,6 +622,8 @@ class Store:
                 digest.change(obj_id, None, row[1], {"id": obj_id, **props})
                 if versions is not None:
                     versions[obj_id] = new_object_version(props, origin, counter)
+                if indexed:
+                    indexed_docs.append((obj_id, {"id": obj_id, **props}))
                 continue
             if state is None:
                 state = states[obj_id] = ObjectState(obj_id)
@@ -622,6 +634,8 @@ class Store:
             rows.append((obj_id, live, doc_text, state_text, conflicted))
             if versions is not None:
                 versions[obj_id] = state.version() if live else None
+            if indexed:
+                indexed_docs.append((obj_id, state.document()))
             new_doc = doc_text if live else None
             digest.change(obj_id, live_docs.pop(obj_id, None), new_doc)
             if new_doc is not None:
@@ -631,6 +645,8 @@ class Store:
             "VALUES (?, ?, ?, ?, ?)",
             rows,
         )
+        if indexed:
+            self.indexes.rewrite(conn, indexed_docs)
         self._live += live_delta
 
     def _insert_changeset(
@@ -742,8 +758,20 @@ class Store:
         """``query_json`` plus the revision its snapshot shows, read in the same read
         transaction (so a listing names exactly the revision of its contents);
         ``conflicted`` and ``with_conflicts`` as for ``store.query.iter_objects``."""
-        spec: Where = parse_where(where)
+        spec = parse_where(where)
         return iter_objects(self.db, spec, limit, after, conflicted, with_conflicts)
+
+    def run_query(self, query: Query) -> dict[str, Any]:
+        """A sorted, projected, counted or explained listing (``store.query.run_query``),
+        served by an index where one fits."""
+        return run_query(self.db, query, Planner(self.indexes.ready))
+
+    def plans_index(self, where: Mapping[str, Any] | None) -> bool:
+        """Whether an index would serve a listing with this ``where``."""
+        if where is None or not self.indexes.maintained:
+            return False
+        with self.db.snapshot() as reader:
+            return Planner(self.indexes.ready).plan(reader, parse_where(where)) is not None
 
     def get_with_conflicts(self, obj_id: str) -> tuple[str, str] | None:
         """``{"object", "conflicts"}`` of a live object as JSON text, and its version; or
@@ -968,10 +996,12 @@ def open_store(
     save_history: bool = True,
     outbox: bool = False,
     max_pending: int = DEFAULT_MAX_PENDING,
+    indexes: Sequence[str] = (),
 ) -> Store:
     """Open (creating if needed) a store. ``storage_url``: ``sqlite:///file.db`` or
-    ``mem://``."""
-    return Store(storage_url, branch_id, save_history, outbox, max_pending)
+    ``mem://``. ``indexes``: property paths to index (docs/queries.md); an index not
+    there yet is built in the background."""
+    return Store(storage_url, branch_id, save_history, outbox, max_pending, indexes)
 
 
 def open_store_from_settings(settings: Settings) -> Store:
@@ -983,4 +1013,5 @@ def open_store_from_settings(settings: Settings) -> Store:
         settings.save_history,
         outbox=bool(settings.replication_hosts),
         max_pending=settings.replication_max_pending,
+        indexes=settings.indexes,
     )

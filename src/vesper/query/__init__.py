@@ -1,0 +1,1 @@
+"""The query language: expressions, sorting, cursors, projections and the index planner."""
