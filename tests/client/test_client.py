@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.api.conftest import BASIC_CONFIG, NodeProcess, StartNode
+from tests.api.test_tls import tls_config
+from tests.tlsutil import make_ca, make_cert
 from vesper.client import AsyncClient, Client
+from vesper.client.calls import NodeUnreachable
 from vesper.errors import (
     AccessDenied,
     DocumentExists,
@@ -153,3 +156,17 @@ def test_tokens(start_node: StartNode) -> None:
     with Client(node.url, token=token) as client:
         client.create({"id": "a"})
         assert client.get("a") == {"id": "a"}
+
+
+def test_https_with_a_trusted_authority_and_refusing_others(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    ca = make_ca(tmp_path / "ca")
+    cert, key = make_cert(ca, tmp_path / "server")
+    node = start_node(tls_config(cert, key))
+    with Client(node.url, verify=str(ca.cert_path)) as client:
+        client.create({"id": "over-tls"})
+        assert client.get("over-tls") == {"id": "over-tls"}
+    # Without the CA the certificate is not trusted: refused, not retried into success.
+    with Client(node.url, retries=1) as untrusting, pytest.raises(NodeUnreachable):
+        untrusting.status()

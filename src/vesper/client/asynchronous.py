@@ -11,7 +11,7 @@ import httpx
 
 from vesper.client import calls
 from vesper.client.calls import Answer, Call, Commit, NodeUnreachable
-from vesper.client.policy import PAGE, Backoff, headers_for, is_unsent
+from vesper.client.policy import PAGE, Backoff, headers_for, is_unsent, tls_verify
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ class AsyncClient:
         retries: int = 8,
     ) -> None:
         self._http = httpx.AsyncClient(
-            base_url=url, headers=headers_for(token), verify=verify, timeout=timeout
+            base_url=url, headers=headers_for(token), verify=tls_verify(verify), timeout=timeout
         )
         self._retries = retries
 

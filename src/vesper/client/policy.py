@@ -4,6 +4,7 @@ sending again."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 
 import httpx
@@ -19,6 +20,13 @@ def headers_for(token: str | None) -> dict[str, str]:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return headers
+
+
+def tls_verify(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """A CA file's path as the context httpx wants."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
 
 
 def is_unsent(exc: httpx.TransportError) -> bool:

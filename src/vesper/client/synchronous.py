@@ -17,7 +17,7 @@ import httpx
 
 from vesper.client import calls
 from vesper.client.calls import Answer, Call, Commit, NodeUnreachable
-from vesper.client.policy import PAGE, Backoff, headers_for, is_unsent
+from vesper.client.policy import PAGE, Backoff, headers_for, is_unsent, tls_verify
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ class Client:
         retries: int = 8,
     ) -> None:
         self._http = httpx.Client(
-            base_url=url, headers=headers_for(token), verify=verify, timeout=timeout
+            base_url=url, headers=headers_for(token), verify=tls_verify(verify), timeout=timeout
         )
         self._retries = retries
 
