@@ -143,8 +143,10 @@ class ApplyWorker:
         self._queue.put(delivery)
 
     def _run(self) -> None:
+        carried: Delivery | None = None
         while not self._stopping:
-            first = self._queue.get()
+            first = carried if carried is not None else self._queue.get()
+            carried = None
             if first is None:
                 return
             batch = [] if first is _WAKE else [first]
@@ -157,9 +159,15 @@ class ApplyWorker:
                 if item is None:
                     self._stopping = True
                     break
-                if item is not _WAKE:
-                    batch.append(item)
-                    size += len(item.body)
+                if item is _WAKE:
+                    continue
+                if batch and size + len(item.body) > BATCH_BYTES:
+                    # It starts the next batch: two large messages (bulk changesets in a
+                    # catch-up) parsed at once would double the memory a batch takes.
+                    carried = item
+                    break
+                batch.append(item)
+                size += len(item.body)
             if first is _WAKE or self._announcements:
                 self._wake_pending = False
                 for _ in range(min(ANNOUNCE_PER_ROUND, len(self._announcements))):
