@@ -4,6 +4,7 @@ a large changeset, a client that stops reading, and stopping a node with feeds o
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -15,6 +16,9 @@ import orjson
 import pytest
 
 from tests.api.conftest import BASIC_CONFIG, NodeProcess, StartNode, wait_for
+from vesper.api import create_app
+from vesper.config import Settings
+from vesper.node import Node
 
 
 @pytest.fixture
@@ -307,3 +311,25 @@ def test_a_node_stops_at_once_with_feeds_open(start_node: StartNode) -> None:
     # Each feed ended cleanly, with its last position.
     assert '{"last_seq":0}' in ended
     assert 'data: {"last_seq":0}' in ended
+
+
+def test_finished_requests_leave_no_waiter_behind() -> None:
+    """A node without writes must not keep one waiter per answered long poll."""
+    node = Node(Settings(storage_url="mem://", save_history=True)).start()
+    app = create_app(node)
+
+    async def poll() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            for _ in range(5):
+                assert (await client.get("/api/changes")).status_code == 200
+                answer = await client.get(
+                    "/api/changes", params={"feed": "longpoll", "since": "now", "timeout": 10}
+                )
+                assert answer.json()["results"] == []
+
+    try:
+        asyncio.run(poll())
+        assert app.change_signal._waiters == set()
+    finally:
+        node.close()

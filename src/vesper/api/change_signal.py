@@ -18,22 +18,29 @@ from vesper.store import Store
 class ChangeSignal:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: set[asyncio.Future[None]] = set()
         self._scheduled = False
         self._store: Store | None = None
         self.closing = asyncio.Event()
         """Set when the server stops: feeds end their answers cleanly."""
 
     def future(self, store: Store) -> asyncio.Future[None]:
-        """A future done at the next change (event loop only)."""
+        """A future done at the next change (event loop only); ``discard`` it when done
+        waiting, or it stays until that change."""
         if self._store is not store:
             self._store = store
             store.add_change_listener(self.notify)
         loop = asyncio.get_running_loop()
         self._loop = loop
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
+        self._waiters.add(waiter)
         return waiter
+
+    def discard(self, waiter: asyncio.Future[None] | None) -> None:
+        """A waiter that no longer waits: a node without writes would otherwise keep
+        one per finished request."""
+        if waiter is not None:
+            self._waiters.discard(waiter)
 
     def notify(self) -> None:
         """Any thread: a change was stored."""
@@ -48,7 +55,7 @@ class ChangeSignal:
 
     def _wake(self) -> None:
         self._scheduled = False
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)

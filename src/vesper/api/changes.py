@@ -196,16 +196,21 @@ def routes(ctx: ApiContext, signal: ChangeSignal, buffer_bytes: int) -> list[Bas
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (DEFAULT_LONGPOLL_MS if timeout is None else timeout) / 1000
         waiter: asyncio.Future[None] | None = None
-        while True:
-            if waiter is None or waiter.done():
-                waiter = signal.future(store)
-            entries, position, more = await ctx.in_thread(_read, store, after, limit, skip, filt)
-            left = deadline - loop.time()
-            if entries or feed == "normal" or left <= 0 or signal.closing.is_set():
-                return json_response({"results": entries, "last_seq": position, "more": more})
-            after = position  # changesets the filter left out are not read again
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), left)
+        try:
+            while True:
+                if feed == "longpoll" and (waiter is None or waiter.done()):
+                    waiter = signal.future(store)
+                entries, position, more = await ctx.in_thread(
+                    _read, store, after, limit, skip, filt
+                )
+                left = deadline - loop.time()
+                if waiter is None or entries or left <= 0 or signal.closing.is_set():
+                    return json_response({"results": entries, "last_seq": position, "more": more})
+                after = position  # changesets the filter left out are not read again
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), left)
+        finally:
+            signal.discard(waiter)
 
     async def change(request: Request) -> Response:
         params = query_params(request, ("ids", "where", "include_objects", "objects_from"))
@@ -305,44 +310,49 @@ class FeedStream(Response):
         waiter: asyncio.Future[None] | None = None
         if self._sse:
             self._push(b"retry: 2000\n\n")
-        while not gone.is_set() and not sender.done():
-            if waiter is None or waiter.done():
-                waiter = self._signal.future(store)
-            want = PAGE_ENTRIES if self._limit is None else min(PAGE_ENTRIES, self._limit - sent)
-            entries, self._after, more = await self._ctx.in_thread(
-                _read, store, self._after, want, self._skip, self._filter
-            )
-            for entry in entries:
-                if not self._push(self._encode(entry)):
-                    return True
-            sent += len(entries)
-            if self._limit is not None and sent >= self._limit:
-                break
-            if entries or more:
-                idle_since = loop.time()
-                if more:
-                    continue
-            if self._signal.closing.is_set():
-                break
-            wait = self._heartbeat_s
-            if self._timeout_s is not None:
-                left = idle_since + self._timeout_s - loop.time()
-                if left <= 0:
+        try:
+            while not gone.is_set() and not sender.done():
+                if waiter is None or waiter.done():
+                    waiter = self._signal.future(store)
+                want = (
+                    PAGE_ENTRIES if self._limit is None else min(PAGE_ENTRIES, self._limit - sent)
+                )
+                entries, self._after, more = await self._ctx.in_thread(
+                    _read, store, self._after, want, self._skip, self._filter
+                )
+                for entry in entries:
+                    if not self._push(self._encode(entry)):
+                        return True
+                sent += len(entries)
+                if self._limit is not None and sent >= self._limit:
                     break
-                wait = min(wait, left)
-            done, waiting = await asyncio.wait(
-                [
-                    asyncio.ensure_future(asyncio.shield(waiter)),
-                    asyncio.ensure_future(gone.wait()),
-                    asyncio.ensure_future(self._signal.closing.wait()),
-                ],
-                timeout=wait,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for task in waiting:
-                task.cancel()
-            if not done and not self._push(b": heartbeat\n\n" if self._sse else b"\n"):
-                return True
+                if entries or more:
+                    idle_since = loop.time()
+                    if more:
+                        continue
+                if self._signal.closing.is_set():
+                    break
+                wait = self._heartbeat_s
+                if self._timeout_s is not None:
+                    left = idle_since + self._timeout_s - loop.time()
+                    if left <= 0:
+                        break
+                    wait = min(wait, left)
+                done, waiting = await asyncio.wait(
+                    [
+                        asyncio.ensure_future(asyncio.shield(waiter)),
+                        asyncio.ensure_future(gone.wait()),
+                        asyncio.ensure_future(self._signal.closing.wait()),
+                    ],
+                    timeout=wait,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in waiting:
+                    task.cancel()
+                if not done and not self._push(b": heartbeat\n\n" if self._sse else b"\n"):
+                    return True
+        finally:
+            self._signal.discard(waiter)
         if not gone.is_set():
             last = orjson.dumps({"last_seq": self._after})
             self._push(b"event: end\ndata: " + last + b"\n\n" if self._sse else last + b"\n")
