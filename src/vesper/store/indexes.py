@@ -114,7 +114,7 @@ class PropertyIndexes:
     ) -> None:
         """Replace the entries of these objects (None: not live) in every maintained
         index, in the caller's write transaction."""
-        paths = self.maintained
+        paths = [(text, parse_path(text)) for text in self.maintained]
         if not paths:
             return
         rows = []
@@ -123,8 +123,8 @@ class PropertyIndexes:
             ids.append((obj_id,))
             if doc is None:
                 continue
-            for text in paths:
-                found = entry(resolve(doc, tuple(text.split("."))))
+            for text, path in paths:
+                found = entry(resolve(doc, path))
                 if found is not None:
                     rows.append((text, *found, obj_id))
         conn.executemany("DELETE FROM property_index WHERE id = ?", ids)
@@ -160,7 +160,7 @@ class PropertyIndexes:
                 self._stop.wait(1.0)
 
     def _build(self, text: str) -> None:
-        path = tuple(text.split("."))
+        path = parse_path(text)
         started = last_log = time.monotonic()
         done = 0
         while not self._stop.is_set():

@@ -77,8 +77,38 @@ def iter_objects(
 
 def with_conflicts_json(obj_id: str, doc: str, state: str, conflicted: int) -> str:
     """``{"object": <doc>, "conflicts": [...]}`` as JSON text."""
-    found = ObjectState.load(obj_id, doc, state).conflicts() if conflicted else []
+    found = _conflicts_of(obj_id, doc, state, conflicted)
     return orjson.dumps({"object": orjson.Fragment(doc), "conflicts": found}).decode()
+
+
+def _conflicts_of(obj_id: str, doc: str, state: str, conflicted: int) -> list[dict[str, Any]]:
+    return ObjectState.load(obj_id, doc, state).conflicts() if conflicted else []
+
+
+def _revision(reader: Reader) -> str:
+    """The store's revision as this snapshot sees it."""
+    state = reader.fetch("SELECT value FROM meta WHERE key = 'state'")
+    return format_revision(orjson.loads(state[0][0])["vv"]) if state else ""
+
+
+def _rows(
+    reader: Reader, where: Expr, conflicted: bool, after: str = ""
+) -> Iterator[tuple[str, str, str, int]]:
+    """``(id, doc, state, conflicted)`` of the live objects after ``after`` in id order,
+    a page at a time, narrowed by SQL where it can be (``_prefilter``)."""
+    extra_sql, extra_params = _prefilter(where)
+    if conflicted:
+        extra_sql += " AND conflicted = 1"
+    sql = (
+        f"SELECT id, doc, state, conflicted FROM objects WHERE live = 1 AND id > ?{extra_sql} "
+        f"ORDER BY id LIMIT {PAGE_ROWS}"
+    )
+    while True:
+        rows = reader.fetch(sql, [after, *extra_params])
+        yield from rows
+        if len(rows) < PAGE_ROWS:
+            return
+        after = rows[-1][0]
 
 
 def _iter(
@@ -89,34 +119,19 @@ def _iter(
     conflicted: bool,
     with_conflicts: bool,
 ) -> Iterator[str]:
-    extra_sql, extra_params = _prefilter(where)
-    if conflicted:
-        extra_sql += " AND conflicted = 1"
-    sql = (
-        f"SELECT id, doc, state, conflicted FROM objects WHERE live = 1 AND id > ?{extra_sql} "
-        f"ORDER BY id LIMIT {PAGE_ROWS}"
-    )
     with db.snapshot() as reader:
-        state = reader.fetch("SELECT value FROM meta WHERE key = 'state'")
-        yield format_revision(orjson.loads(state[0][0])["vv"]) if state else ""
+        yield _revision(reader)
         remaining = limit
         if remaining == 0:
             return
-        while True:
-            rows = reader.fetch(sql, [after, *extra_params])
-            for obj_id, doc, state, has_conflict in rows:
-                if where is not EVERYTHING and not where.matches(orjson.loads(doc)):
-                    continue
-                yield (
-                    with_conflicts_json(obj_id, doc, state, has_conflict) if with_conflicts else doc
-                )
-                if remaining is not None:
-                    remaining -= 1
-                    if remaining == 0:
-                        return
-            if len(rows) < PAGE_ROWS:
-                return
-            after = rows[-1][0]
+        for obj_id, doc, state, has_conflict in _rows(reader, where, conflicted, after):
+            if where is not EVERYTHING and not where.matches(orjson.loads(doc)):
+                continue
+            yield with_conflicts_json(obj_id, doc, state, has_conflict) if with_conflicts else doc
+            if remaining is not None:
+                remaining -= 1
+                if remaining == 0:
+                    return
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +165,11 @@ def run_query(db: Database, query: Query, planner: Planner | None = None) -> dic
     chosen: list[tuple[tuple[Any, ...], str, str, str, int]] = []
     matched = read = 0
     with db.snapshot() as reader:
-        state = reader.fetch("SELECT value FROM meta WHERE key = 'state'")
-        revision = format_revision(orjson.loads(state[0][0])["vv"]) if state else ""
+        revision = _revision(reader)
         plan = planner.plan(reader, query.where) if planner is not None else None
-        rows = plan.rows(reader) if plan is not None else _scan(reader, query)
+        rows = (
+            plan.rows(reader) if plan is not None else _rows(reader, query.where, query.conflicted)
+        )
         for obj_id, text, obj_state, has_conflict in rows:
             read += 1
             if query.conflicted and not has_conflict:
@@ -189,30 +205,13 @@ def run_query(db: Database, query: Query, planner: Planner | None = None) -> dic
     return answer
 
 
-def _scan(reader: Reader, query: Query) -> Iterator[tuple[str, str, str, int]]:
-    extra_sql, extra_params = _prefilter(query.where)
-    if query.conflicted:
-        extra_sql += " AND conflicted = 1"
-    after = ""
-    while True:
-        rows = reader.fetch(
-            f"SELECT id, doc, state, conflicted FROM objects WHERE live = 1 AND id > ?"
-            f"{extra_sql} ORDER BY id LIMIT {PAGE_ROWS}",
-            [after, *extra_params],
-        )
-        yield from rows
-        if len(rows) < PAGE_ROWS:
-            return
-        after = rows[-1][0]
-
-
 def _shape(query: Query, obj_id: str, text: str, state: str, has_conflict: int) -> Any:
-    if query.with_conflicts:
-        found = ObjectState.load(obj_id, text, state).conflicts() if has_conflict else []
     doc: Any = orjson.Fragment(text)
     if query.fields is not None:
         doc = project(orjson.loads(text), query.fields)
-    return {"object": doc, "conflicts": found} if query.with_conflicts else doc
+    if query.with_conflicts:
+        return {"object": doc, "conflicts": _conflicts_of(obj_id, text, state, has_conflict)}
+    return doc
 
 
 def _next(

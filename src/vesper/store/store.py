@@ -339,11 +339,15 @@ class Store:
 
     def version(self, obj_id: str) -> tuple[str, str] | None:
         """``(document JSON, version)`` of a live object, read together, or None."""
+        found = self._live_state(obj_id)
+        return None if found is None else (found[0], found[1].version())
+
+    def _live_state(self, obj_id: str) -> tuple[str, ObjectState] | None:
         rows = self.db.read("SELECT doc, state FROM objects WHERE id = ? AND live = 1", (obj_id,))
         if not rows:
             return None
         doc, state = rows[0]
-        return doc, ObjectState.load(obj_id, doc, state).version()
+        return doc, ObjectState.load(obj_id, doc, state)
 
     def refuse_writes(self, reason: str | None) -> None:
         """Refuse local writes with ``reason`` (None takes them again). Replication does
@@ -619,11 +623,12 @@ class Store:
                 row = new_object_row(obj_id, props, origin, counter, hlc)
                 rows.append((obj_id, *row))
                 live_delta += 1
-                digest.change(obj_id, None, row[1], {"id": obj_id, **props})
+                new_object = {"id": obj_id, **props}
+                digest.change(obj_id, None, row[1], new_object)
                 if versions is not None:
                     versions[obj_id] = new_object_version(props, origin, counter)
                 if indexed:
-                    indexed_docs.append((obj_id, {"id": obj_id, **props}))
+                    indexed_docs.append((obj_id, new_object))
                 continue
             if state is None:
                 state = states[obj_id] = ObjectState(obj_id)
@@ -776,11 +781,10 @@ class Store:
     def get_with_conflicts(self, obj_id: str) -> tuple[str, str] | None:
         """``{"object", "conflicts"}`` of a live object as JSON text, and its version; or
         None."""
-        rows = self.db.read("SELECT doc, state FROM objects WHERE id = ? AND live = 1", (obj_id,))
-        if not rows:
+        found = self._live_state(obj_id)
+        if found is None:
             return None
-        doc, state = rows[0]
-        obj = ObjectState.load(obj_id, doc, state)
+        doc, obj = found
         text = orjson.dumps({"object": orjson.Fragment(doc), "conflicts": obj.conflicts()})
         return text.decode(), obj.version()
 
