@@ -131,14 +131,7 @@ class Figure:
 
 def doc(i: int) -> dict[str, Any]:
     """A document whose create changeset is about 490 bytes of JSON."""
-    return {
-        "name": f"item-{i}",
-        "n": i,
-        "price": round(i * 0.37, 2),
-        "tags": ["red", "blue"] if i % 2 else ["green"],
-        "active": i % 3 != 0,
-        "note": NOTE,
-    }
+    return {**benchlib.small_doc(i), "note": NOTE}
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.01) -> Any:
