@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vesper.errors import InvalidDocument
+from vesper.errors import InvalidDocument, InvalidOperation
 from vesper.query.expression import parse
-from vesper.query.order import parse_sort
+from vesper.query.order import parse_fields, parse_sort
 from vesper.store import indexes as index_module
 from vesper.store import open_store
 from vesper.store.query import Query
@@ -360,3 +360,26 @@ def test_an_index_answers_exactly_as_a_scan_at_every_boundary(where: dict[str, A
     finally:
         plain.close()
         indexed.close()
+
+
+def test_queries_past_their_bounds_are_refused_before_any_work() -> None:
+    """What a hostile client might send to make one request expensive."""
+    deep: dict[str, Any] = {"a": 1}
+    for _ in range(40):
+        deep = {"$not": deep}
+    with pytest.raises(InvalidDocument, match="nested deeper than 32"):
+        parse(deep)
+    with pytest.raises(InvalidDocument, match="more than 1000 conditions"):
+        parse({"$or": [{f"p{i}": i} for i in range(1_001)]})
+    with pytest.raises(InvalidDocument, match="at most 8 keys"):
+        parse_sort(",".join(f"k{i}" for i in range(9)))
+    with pytest.raises(InvalidDocument, match="at most 100"):
+        parse_fields(",".join(f"f{i}" for i in range(101)))
+    store = open_store("mem://", "L")
+    try:
+        for i in range(index_module.MAX_INDEXES):
+            store.indexes.add(f"p{i}")
+        with pytest.raises(InvalidOperation, match="at most 32 indexes"):
+            store.indexes.add("one.more")
+    finally:
+        store.close()
