@@ -75,6 +75,7 @@ class Router:
         for s in stored:
             box = self._new(s.kind, s.name, s.destination, s.id, s.owner, s.last_active)
             box.disk_only = s.count
+            box.may_expire = s.count > 0  # what it holds may expire: the first sweep sees
             if s.kind == QUEUE:
                 self.queues[s.destination] = box
             else:
@@ -165,6 +166,11 @@ class Router:
         for topic in self.topics.values():
             boxes.extend(topic)
         return boxes
+
+    def sweep(self) -> None:
+        """Drop expired messages that wait undelivered (see ``Mailbox.sweep``)."""
+        for box in self.all():
+            box.sweep()
 
     def redispatch(self) -> None:
         """Try to deliver everywhere (after a resume)."""

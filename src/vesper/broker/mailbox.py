@@ -40,6 +40,10 @@ DURABLE = "durable"
 PRIVATE = "subscription"
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class Consumer(Protocol):
     """What a mailbox needs from a subscription."""
 
@@ -108,6 +112,11 @@ class Mailbox:
         self._rr = 0
         self.blocked: set[Publisher] = set()
         self.closed = False
+        self.may_expire = False
+        """Whether it may hold messages that expire (one arrived, or some were stored
+        before a restart); cleared once it is empty."""
+        self.expired = 0
+        """Messages dropped undelivered because they expired."""
         self.no_local: object | None = None
         """Set by a SUBSCRIBE with ``no-local:true``: the publisher (its client-id, or
         its connection without one) whose messages this topic mailbox does not take."""
@@ -123,6 +132,8 @@ class Mailbox:
     # -- producing ---------------------------------------------------------------------
 
     def push(self, message: Message) -> None:
+        if message.expires:
+            self.may_expire = True
         store = self.store
         entry = Entry(store.next_key(), message)
         if self.stored:
@@ -185,6 +196,7 @@ class Mailbox:
             return
         pending = self.pending
         consumers = self.consumers
+        now_ms = _now_ms() if self.may_expire else 0
         while pending and consumers:
             if len(consumers) == 1:
                 consumer = consumers[0]
@@ -196,6 +208,9 @@ class Mailbox:
                     break
             entry = pending.popleft()
             self.pending_bytes -= entry.message.size
+            if now_ms and entry.message.expired(now_ms):
+                self._drop_expired(entry)
+                continue
             consumer.deliver(entry)
         half = self.limit_bytes // 2
         if (
@@ -208,6 +223,41 @@ class Mailbox:
             self._load()
         if self.blocked and self.pending_bytes <= half:
             self._unblock_all()
+
+    def sweep(self) -> None:
+        """Drop the expired messages no consumer took: those waiting in memory here,
+        and (through the store) those waiting on disk. Delivered ones awaiting an ACK
+        are left to their consumer."""
+        if not self.may_expire or self.closed:
+            return
+        now_ms = _now_ms()
+        if any(e.message.expired(now_ms) for e in self.pending):
+            keep: deque[Entry] = deque()
+            for entry in self.pending:
+                if entry.message.expired(now_ms):
+                    self.pending_bytes -= entry.message.size
+                    self._drop_expired(entry)
+                else:
+                    keep.append(entry)
+            self.pending = keep
+        if self.disk_only and not self._loading:
+            # No load is pending, so every entry after _last_loaded is on disk only.
+            self.store.expire(self.id, self._last_loaded, now_ms, self._expired_on_disk)
+        elif not self.depth:
+            self.may_expire = False
+        if self.blocked and self.pending_bytes <= self.limit_bytes // 2:
+            self._unblock_all()
+
+    def _drop_expired(self, entry: Entry) -> None:
+        self.expired += 1
+        self._release(entry.message.size)
+        if self.stored:
+            self.store.delete(entry.key)
+
+    def _expired_on_disk(self, count: int) -> None:
+        if count and not self.closed:
+            self.expired += count
+            self.disk_only = max(0, self.disk_only - count)
 
     def _pick(self) -> Consumer | None:
         consumers = self.consumers
@@ -278,8 +328,8 @@ class Mailbox:
             return
         dest = self.destination
         headers_from_blob = Message.headers_from_blob
-        for key, message_id, headers, body, redelivered in rows:
-            message = Message(message_id, dest, headers_from_blob(headers), body)
+        for key, message_id, headers, body, redelivered, expires in rows:
+            message = Message(message_id, dest, headers_from_blob(headers), body, expires)
             self.pending.append(Entry(key, message, bool(redelivered)))
             self.pending_bytes += message.size
             self.held_bytes += message.size

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+from vesper.broker.errors import ProtocolError
 from vesper.broker.frames import Frame, escape, unescape
 
 #: SEND headers the broker consumes or sets itself instead of forwarding them.
@@ -66,7 +68,7 @@ def _share(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
 class Message:
     """One published message; shared, never changed, by every queue that holds it."""
 
-    __slots__ = ("_heads", "body", "destination", "headers", "message_id", "size")
+    __slots__ = ("_heads", "body", "destination", "expires", "headers", "message_id", "size")
 
     def __init__(
         self,
@@ -74,12 +76,15 @@ class Message:
         destination: str,
         headers: tuple[tuple[str, str], ...],
         body: bytes,
+        expires: int = 0,
     ) -> None:
         self.message_id = message_id
         self.destination = destination
         self.headers = headers
         """User headers forwarded to subscribers, in the order the publisher sent them."""
         self.body = body
+        self.expires = expires
+        """Unix time in milliseconds after which it is dropped undelivered; 0 = never."""
         # An estimate is enough for the limits, and cheaper than summing header lengths.
         self.size = len(body) + _OVERHEAD_BYTES + _HEADER_BYTES * len(headers)
         self._heads: list[bytes | None] | None = None
@@ -87,7 +92,16 @@ class Message:
     @classmethod
     def from_send(cls, frame: Frame, message_id: str) -> Message:
         headers = tuple((k, v) for k, v in frame.headers.items() if k not in _NOT_FORWARDED)
-        return cls(message_id, frame.headers["destination"], _share(headers), frame.body)
+        return cls(
+            message_id,
+            frame.headers["destination"],
+            _share(headers),
+            frame.body,
+            expiry_of(frame.headers),
+        )
+
+    def expired(self, now_ms: int) -> bool:
+        return 0 < self.expires <= now_ms
 
     def head(self, version: str) -> bytes:
         """Headers common to every delivery, up to and including the blank line."""
@@ -122,6 +136,34 @@ class Message:
             return ()
         pairs = (line.partition(":") for line in blob.decode().split("\n"))
         return _share(tuple((unescape(k), unescape(v)) for k, _, v in pairs))
+
+
+def expiry_of(headers: dict[str, str], now_ms: int | None = None) -> int:
+    """When a SEND's message expires, in Unix milliseconds (0 = never).
+
+    Both conventions publishers use are understood: ActiveMQ's ``expires``, an
+    absolute time from the publisher's clock (0 = never), and RabbitMQ's
+    ``expiration``, milliseconds from arrival, which no clock skew affects. With both,
+    the earlier wins.
+    """
+    found = []
+    for name in ("expires", "expiration"):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ProtocolError(
+                f"invalid {name}", f"{name} must be a whole number of milliseconds, not {raw!r}"
+            )
+        if name == "expiration":
+            value += time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        if value:
+            found.append(value)
+    return min(found, default=0)
 
 
 class Entry:

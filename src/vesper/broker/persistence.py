@@ -40,14 +40,20 @@ CREATE TABLE IF NOT EXISTS mailboxes (
 );
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY, mailbox INTEGER NOT NULL, message_id TEXT NOT NULL,
-    headers BLOB NOT NULL, body BLOB NOT NULL, redelivered INTEGER NOT NULL
+    headers BLOB NOT NULL, body BLOB NOT NULL, redelivered INTEGER NOT NULL,
+    expires INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS entries_mailbox ON entries (mailbox);
 """
+# Made after the migration, which may have to add the column first.
+_EXPIRES_INDEX = (
+    "CREATE INDEX IF NOT EXISTS entries_expires ON entries (mailbox, expires) WHERE expires > 0"
+)
 
-#: A stored entry as loaded: (key, message_id, headers blob, body, redelivered).
-Row = tuple[int, str, bytes, bytes, int]
+#: A stored entry as loaded: (key, message_id, headers blob, body, redelivered, expires).
+Row = tuple[int, str, bytes, bytes, int, int]
 LoadCallback = Callable[[list[Row]], None]
+ExpireCallback = Callable[[int], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +95,11 @@ class Store(Protocol):
     def delete(self, key: int) -> None: ...
     def mark_redelivered(self, key: int) -> None: ...
     def load(self, mailbox_id: int, after_key: int, limit: int, done: LoadCallback) -> None: ...
+    def expire(self, mailbox_id: int, after_key: int, now_ms: int, done: ExpireCallback) -> None:
+        """Delete the mailbox's entries after ``after_key`` that expired by ``now_ms``;
+        ``done`` gets how many."""
+        ...
+
     def after_writes(self, callback: Callable[[], None]) -> None: ...
     def over_limit(self) -> bool: ...
     def when_drained(self, callback: Callable[[], None]) -> None: ...
@@ -142,6 +153,9 @@ class MemoryStore:
     def load(self, mailbox_id: int, after_key: int, limit: int, done: LoadCallback) -> None:
         done([])
 
+    def expire(self, mailbox_id: int, after_key: int, now_ms: int, done: ExpireCallback) -> None:
+        done(0)
+
     def after_writes(self, callback: Callable[[], None]) -> None:
         callback()
 
@@ -158,6 +172,7 @@ class _Batch:
         "creates",
         "deletes",
         "drops",
+        "expiries",
         "loads",
         "put_bytes",
         "puts",
@@ -169,17 +184,18 @@ class _Batch:
         self.creates: dict[int, tuple[int, str, str, str, str, float]] = {}
         self.touches: dict[int, float] = {}
         self.drops: list[int] = []
-        self.puts: dict[int, tuple[int, int, str, bytes, bytes, int]] = {}
+        self.puts: dict[int, tuple[int, int, str, bytes, bytes, int, int]] = {}
         self.redelivered: list[int] = []
         self.deletes: list[int] = []
         self.loads: list[tuple[int, int, int, LoadCallback]] = []
+        self.expiries: list[tuple[int, int, int, ExpireCallback]] = []
         self.callbacks: list[Callable[[], None]] = []
         self.put_bytes = 0
 
     def has_db_work(self) -> bool:
         return bool(
             self.creates or self.drops or self.puts or self.redelivered or self.deletes
-        ) or bool(self.loads or self.touches)
+        ) or bool(self.loads or self.touches or self.expiries)
 
     def absorb(self, later: _Batch) -> None:
         """Append a later batch (used to retry a failed one without reordering)."""
@@ -190,6 +206,7 @@ class _Batch:
         self.redelivered.extend(later.redelivered)
         self.deletes.extend(later.deletes)
         self.loads.extend(later.loads)
+        self.expiries.extend(later.expiries)
         self.callbacks.extend(later.callbacks)
         self.put_bytes += later.put_bytes
 
@@ -244,6 +261,7 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
             self._migrate(db)
+            db.execute(_EXPIRES_INDEX)
             self._key = db.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]
             self._mailbox = db.execute("SELECT coalesce(max(id), 0) FROM mailboxes").fetchone()[0]
             counts = dict(db.execute("SELECT mailbox, count(*) FROM entries GROUP BY mailbox"))
@@ -262,7 +280,10 @@ class SqliteStore:
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
-        """Add the owner and last_active columns to a database made before them."""
+        """Add the columns a database made before them lacks (entries kept before
+        messages could expire never do)."""
+        if "expires" not in {row[1] for row in db.execute("PRAGMA table_info(entries)")}:
+            db.execute("ALTER TABLE entries ADD COLUMN expires INTEGER NOT NULL DEFAULT 0")
         columns = {row[1] for row in db.execute("PRAGMA table_info(mailboxes)")}
         if "owner" not in columns:
             db.execute("ALTER TABLE mailboxes ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
@@ -329,7 +350,15 @@ class SqliteStore:
     def put(self, mailbox_id: int, entry: Entry) -> None:
         m = entry.message
         blob = m.headers_blob()
-        row = (entry.key, mailbox_id, m.message_id, blob, m.body, int(entry.redelivered))
+        row = (
+            entry.key,
+            mailbox_id,
+            m.message_id,
+            blob,
+            m.body,
+            int(entry.redelivered),
+            m.expires,
+        )
         self._batch.puts[entry.key] = row
         size = len(blob) + len(m.body)
         self._batch.put_bytes += size
@@ -352,13 +381,17 @@ class SqliteStore:
     def mark_redelivered(self, key: int) -> None:
         row = self._batch.puts.get(key)
         if row is not None:
-            self._batch.puts[key] = (*row[:5], 1)
+            self._batch.puts[key] = (*row[:5], 1, row[6])
         else:
             self._batch.redelivered.append(key)
             self._schedule()
 
     def load(self, mailbox_id: int, after_key: int, limit: int, done: LoadCallback) -> None:
         self._batch.loads.append((mailbox_id, after_key, limit, done))
+        self._schedule()
+
+    def expire(self, mailbox_id: int, after_key: int, now_ms: int, done: ExpireCallback) -> None:
+        self._batch.expiries.append((mailbox_id, after_key, now_ms, done))
         self._schedule()
 
     def after_writes(self, callback: Callable[[], None]) -> None:
@@ -401,7 +434,9 @@ class SqliteStore:
         fut = self._loop.run_in_executor(self._executor, self._write, batch)
         fut.add_done_callback(lambda f: self._written(batch, f))
 
-    def _written(self, batch: _Batch, fut: asyncio.Future[list[list[Row]]]) -> None:
+    def _written(
+        self, batch: _Batch, fut: asyncio.Future[tuple[list[list[Row]], list[int]]]
+    ) -> None:
         self._writing = False
         exc = fut.exception()
         if exc is not None:
@@ -412,8 +447,11 @@ class SqliteStore:
             self._loop.call_later(RETRY_DELAY_S, self._schedule)
             return
         self._unwritten -= batch.put_bytes
-        for (_, _, _, done), rows in zip(batch.loads, fut.result(), strict=True):
+        loaded, expired = fut.result()
+        for (_, _, _, done), rows in zip(batch.loads, loaded, strict=True):
             done(rows)
+        for (_, _, _, gone), count in zip(batch.expiries, expired, strict=True):
+            gone(count)
         for cb in batch.callbacks:
             cb()
         if self._drain_waiters and self._unwritten <= self.max_unwritten_bytes // 2:
@@ -423,7 +461,7 @@ class SqliteStore:
         if self._batch.has_db_work() or self._batch.callbacks:
             self._schedule()
 
-    def _write(self, batch: _Batch) -> list[list[Row]]:
+    def _write(self, batch: _Batch) -> tuple[list[list[Row]], list[int]]:
         db = self._db
         assert db is not None
         if (
@@ -450,7 +488,7 @@ class SqliteStore:
                     )
                 if batch.puts:
                     db.executemany(
-                        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?)", batch.puts.values()
+                        "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", batch.puts.values()
                     )
                 if batch.redelivered:
                     db.executemany(
@@ -469,11 +507,23 @@ class SqliteStore:
             # Committed: should the loads below fail, a retry must not write twice.
             batch.creates, batch.drops, batch.puts = {}, [], {}
             batch.redelivered, batch.deletes, batch.touches = [], [], {}
-        return [
+        # Each expiry is its own statement (autocommit): run again on a retry, it
+        # deletes nothing more (a count so lost only leaves ``disk_only`` high, which
+        # the next load corrects). They run before the loads, so that no entry is both
+        # loaded and counted as expired on disk.
+        expired = [
             db.execute(
-                "SELECT id, message_id, headers, body, redelivered FROM entries"
+                "DELETE FROM entries WHERE mailbox = ? AND id > ? AND expires > 0 AND expires <= ?",
+                (mid, after, now_ms),
+            ).rowcount
+            for mid, after, now_ms, _ in batch.expiries
+        ]
+        loaded = [
+            db.execute(
+                "SELECT id, message_id, headers, body, redelivered, expires FROM entries"
                 " WHERE mailbox = ? AND id > ? ORDER BY id LIMIT ?",
                 (mid, after, limit),
             ).fetchall()
             for mid, after, limit, _ in batch.loads
         ]
+        return loaded, expired

@@ -27,6 +27,9 @@ log = logging.getLogger("vesper.broker")
 #: How long stop() lets clients read what was buffered for them.
 STOP_GRACE_S = 2.0
 LISTEN_BACKLOG = 1024
+#: How often messages that expired while nobody consumed them are dropped (a message
+#: reaching a consumer after its expiry is dropped then instead).
+SWEEP_INTERVAL_S = 1.0
 #: Threads checking passcodes: scrypt needs 16 MiB and ~50 ms each, so a CONNECT flood
 #: queues up here instead of taking the CPU and memory of the whole machine.
 AUTH_THREADS = 2
@@ -71,6 +74,7 @@ class Broker:
         self.expiry = DurableExpiry(self.router, cfg.durable_expiry)
         self._auth_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self.connections: set[StompConnection] = set()
         self.client_ids: dict[str, StompConnection] = {}
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -106,6 +110,7 @@ class Broker:
             )
         if self.expiry.enabled:
             self._expiry_timer = self.loop.call_later(self.expiry.interval, self._check_expiry)
+        self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
         if cfg.allow_anonymous and not is_loopback(cfg.host):
             log.warning(
                 "broker: --allow-anonymous on %s: anyone who can reach this address has"
@@ -143,8 +148,9 @@ class Broker:
             return
         server, self._server = self._server, None
         server.close()
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
+        for timer in (self._expiry_timer, self._sweep_timer):
+            if timer is not None:
+                timer.cancel()
         for conn in list(self.connections):
             conn.close()
         deadline = self.loop.time() + STOP_GRACE_S
@@ -184,6 +190,13 @@ class Broker:
         finally:
             if self._server is not None:
                 self._expiry_timer = self.loop.call_later(self.expiry.interval, self._check_expiry)
+
+    def _sweep(self) -> None:
+        try:
+            self.router.sweep()
+        finally:
+            if self._server is not None:
+                self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
     def _relieved(self) -> None:
         """The budget has room again: stored mailboxes may read back from disk."""
@@ -230,4 +243,5 @@ class Broker:
             ),
             "memory": self.budget.stats(),
             "expired_durables": self.expiry.removed,
+            "expired_messages": sum(box.expired for box in router.all()),
         }
