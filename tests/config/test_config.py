@@ -388,6 +388,8 @@ def test_unknown_name_in_overrides() -> None:
         ("indexes", ["a..b"], "a list of property paths"),
         ("replication_peer_gone_after", 0, "an integer >= 1"),
         ("replication_ready_timeout", -5, "an integer >= 1"),
+        ("replication_message_ttl", -1, "an integer >= 0"),
+        ("replication_message_ttl", "7d", "an integer >= 0"),
         ("log_format", "xml", "one of 'text', 'json'"),
         ("log_level", "trace", "one of 'debug', 'info', 'warning', 'error'"),
         ("log_level", None, "one of 'debug'"),

@@ -49,6 +49,7 @@ class Node:
         folder: Path,
         send_ack: bool = True,
         heartbeat_ms: int = 1000,
+        **options: Any,
     ) -> None:
         self.branch = branch
         self.hosts = hosts
@@ -57,6 +58,8 @@ class Node:
         self.url = f"sqlite:///{folder}/{branch}.db"
         self.send_ack = send_ack
         self.heartbeat_ms = heartbeat_ms
+        self.options = options
+        """Further ReplicationConfig fields (e.g. ``message_ttl_s``)."""
         self.store: Store | None = None
         self.service: ReplicationService | None = None
         self.key = NodeKey.generate()
@@ -71,6 +74,7 @@ class Node:
             send_ack=self.send_ack,
             heartbeat_ms=self.heartbeat_ms,
             key=self.key,
+            **self.options,
         )
         self.service = ReplicationService(self.store, config)
         self.service.start()

@@ -382,6 +382,11 @@ VARIABLES: tuple[Variable, ...] = (
              "seconds replication may stay disconnected from every broker before /ready "
              "answers 503; must be > 0",
              "300", _int_range(1)),
+    Variable("replication_message_ttl", "int", 0,
+             "seconds a changeset message may wait on the broker for a node that is away "
+             "(sent as ActiveMQ's expires and RabbitMQ's expiration); a node away longer "
+             "gets what it missed from its peers by catch-up; 0 means no expiry",
+             "604800", _int_range(0)),
     Variable("replication_max_pending", "int", DEFAULT_REPLICATION_MAX_PENDING,
              "most changesets kept waiting for a missing predecessor (one origin may "
              "hold a quarter of them); past it they are dropped and fetched again by "
@@ -525,6 +530,7 @@ class Settings:
     replication_trusted_keys: dict[str, tuple[str, ...]] | None = None
     replication_peer_expiry: int = DEFAULT_REPLICATION_PEER_EXPIRY_S
     replication_max_pending: int = DEFAULT_REPLICATION_MAX_PENDING
+    replication_message_ttl: int = 0
     replication_peer_gone_after: int = DEFAULT_REPLICATION_PEER_GONE_AFTER_S
     replication_ready_timeout: int = DEFAULT_REPLICATION_READY_TIMEOUT_S
     storage_url: str | None = None

@@ -6,6 +6,7 @@ The product is read from the CONNECTED frame's ``server`` header unless the
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 PREFETCH = 1000
@@ -57,6 +58,20 @@ class BrokerProfile:
         if self.name == "rabbitmq":
             return {"x-queue-name": f"{channel}.{branch_id}~sync"}
         return {}
+
+    def expiry_headers(self, ttl_s: int) -> dict[str, str]:
+        """SEND headers that make a message expire ``ttl_s`` seconds from now.
+
+        RabbitMQ takes a relative ``expiration`` (milliseconds, counted on the broker
+        from the message's arrival); ActiveMQ an absolute ``expires`` (milliseconds
+        since 1970) from this node's clock, so a clock ahead of the broker's keeps
+        messages longer and one behind shortens their life by the skew. The embedded
+        broker takes either: the relative one, which skew does not touch.
+        """
+        ttl_ms = ttl_s * 1000
+        if self.name in ("rabbitmq", "vesper"):
+            return {"expiration": str(ttl_ms)}
+        return {"expires": str(time.time_ns() // 1_000_000 + ttl_ms)}
 
     def queue_headers(self) -> dict[str, str]:
         # Queues are durable on every broker by default (RabbitMQ declares /queue/

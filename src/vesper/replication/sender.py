@@ -65,8 +65,10 @@ class OutboxSender:
         stats: Stats,
         current_link: Callable[[], Link | None],
         key: NodeKey,
+        expiry_headers: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self._store = store
+        self._expiry_headers = expiry_headers
         self._key = key
         self._channels = channels
         self._branch_id = branch_id
@@ -220,7 +222,12 @@ class OutboxSender:
         receipt = uuid.uuid4().hex
         with self._lock:
             self._in_flight[receipt] = [seq for seq, _ in batch]
-        headers = {wire.CLIENTID: self._branch_id, "persistent": "true", wire.TYPE: wire.CHANGESETS}
+        headers = {
+            wire.CLIENTID: self._branch_id,
+            "persistent": "true",
+            wire.TYPE: wire.CHANGESETS,
+            **self._expiry_headers(),
+        }
         messages = parts.split(body, headers, self._branch_id, self._key)
         try:
             for channel in self._channels:

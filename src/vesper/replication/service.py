@@ -80,6 +80,8 @@ class ReplicationConfig:
     login: str | None = None
     passcode: str | None = None
     heartbeat_ms: int = 1000
+    message_ttl_s: int = 0
+    """How long a changeset message may wait on the broker (0: forever)."""
     key: NodeKey | None = None
     """Signs this node's changesets and control messages (required: a node that got a
     new key at every start would be refused by the peers that pinned its first one)."""
@@ -106,6 +108,7 @@ class ReplicationConfig:
             login=settings.replication_login,
             passcode=settings.replication_passcode,
             heartbeat_ms=settings.replication_heartbeat_ms,
+            message_ttl_s=settings.replication_message_ttl,
             key=key,
             trusted_keys=settings.replication_trusted_keys,
             peer_expiry_s=settings.replication_peer_expiry,
@@ -193,7 +196,13 @@ class ReplicationService:
             anti_entropy.on_refused = self._refused_by_peer
         self._routes = routes(config.branch_id, config.channels)
         self.sender = OutboxSender(
-            store, config.channels, config.branch_id, self.stats, self.current_link, self.key
+            store,
+            config.channels,
+            config.branch_id,
+            self.stats,
+            self.current_link,
+            self.key,
+            self._expiry_headers,
         )
         verifier = Verifier(self.keyring)
         self.worker = ApplyWorker(
@@ -358,6 +367,11 @@ class ReplicationService:
 
     def current_link(self) -> Link | None:
         return self._link
+
+    def _expiry_headers(self) -> dict[str, str]:
+        """What makes a changeset message expire on the broker connected now."""
+        ttl, profile = self.config.message_ttl_s, self.profile
+        return profile.expiry_headers(ttl) if ttl and profile is not None else {}
 
     def _send(self, destination: str, body: bytes, headers: dict[str, str]) -> None:
         link = self._link
