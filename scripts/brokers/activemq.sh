@@ -185,7 +185,8 @@ PY
 XML
     chmod 600 "$dir/conf/activemq.xml"
     java -Xmx512M -Dactivemq.base="$dir" -Dactivemq.home="$home" -Dactivemq.conf="$dir/conf" \
-        -Dactivemq.data="$dir/data" -Dlog4j.configuration="file:$dir/conf/log4j.properties" -jar "$home/bin/activemq.jar" \
+        -Dactivemq.data="$dir/data" -Dlog4j.configuration="file:$dir/conf/log4j.properties" \
+        -jar "$home/bin/activemq.jar" \
         start "xbean:file:$dir/conf/activemq.xml" > "$dir/activemq.log" 2>&1 &
     echo $! > "$dir/activemq.pid"
     (umask 077 && cat > "$dir/access.env") <<ENV
