@@ -5,6 +5,11 @@ The ``--mq-tls``, ``--mq-ca``, ``--mq-channel``, ``--mq-user`` and
 ``--mq-readonly-user`` options describe that broker's TLS listener and limited users,
 as ``scripts/brokers/{activemq,rabbitmq}.sh`` write them to ``DIR/access.env``; the
 tests of ``tests/replication/test_broker_access.py`` that need them skip without them.
+
+``--mq-network`` lists the STOMP listeners of the brokers of one network or cluster
+(ActiveMQ network of brokers, RabbitMQ cluster, ...) and ``--mq-network-pids`` their
+processes in the same order, as ``scripts/brokers/*-network.sh`` write them to
+``DIR/network.env``; ``tests/replication/test_broker_network.py`` skips without them.
 """
 
 from __future__ import annotations
@@ -29,3 +34,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ("--mq-readonly-user", "NAME:PASS", "a broker user who may only subscribe to --mq-channel"),
     ):
         parser.addoption(option, action="store", default=None, metavar=metavar, help=text)
+    parser.addoption(
+        "--mq-network",
+        action="store",
+        default=None,
+        metavar="HOST:PORT,HOST:PORT[,...]",
+        help="STOMP listeners of the brokers of one network or cluster, in order: the "
+        "broker network tests run against them (the last one is killed)",
+    )
+    parser.addoption(
+        "--mq-network-pids",
+        action="store",
+        default=None,
+        metavar="PID,PID[,...]",
+        help="the processes of the --mq-network brokers, same order",
+    )

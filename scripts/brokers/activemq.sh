@@ -14,6 +14,18 @@
 #   the project's .venv) as a PKCS12 keystore.
 # - vesper-node may do what a node on the one channel $ACTIVEMQ_ACL_CHANNEL (default
 #   vesper-acl) needs; vesper-reader may only subscribe to that channel's topics.
+#
+# One broker of a network of brokers (scripts/brokers/activemq-network.sh sets these;
+# docs/broker-networks.md explains every setting):
+#   ACTIVEMQ_BROKER_NAME    brokerName, unique in the network (default localhost)
+#   ACTIVEMQ_OPENWIRE_PORT  also listen for OpenWire (what network bridges speak) there
+#   ACTIVEMQ_NETWORK_TO     space-separated host:port OpenWire listeners of other
+#                           brokers: one duplex bridge to each
+#
+# Every instance answers statistics requests (statisticsBrokerPlugin: see
+# tests/replication/broker_stats.py), drops expired messages instead of keeping them in
+# a dead-letter queue, and looks for expired messages of offline durable subscribers
+# every $ACTIVEMQ_EXPIRE_PERIOD_MS ms (default 1000).
 set -euo pipefail
 cmd=${1:?usage: activemq.sh start DIR PORT | stop DIR}
 dir=$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)
@@ -26,8 +38,43 @@ start)
     port=${3:?PORT}
     tls_port=$((port + 1))
     channel=${ACTIVEMQ_ACL_CHANNEL:-vesper-acl}
-    mkdir -p "$dir/conf" "$dir/data"
-    cp /etc/activemq/instances-available/main/log4j2.properties "$dir/conf/" 2>/dev/null || true
+    name=${ACTIVEMQ_BROKER_NAME:-localhost}
+    expire_ms=${ACTIVEMQ_EXPIRE_PERIOD_MS:-1000}
+    openwire="" network=""
+    if [ -n "${ACTIVEMQ_OPENWIRE_PORT:-}" ]; then
+        openwire="<transportConnector name=\"openwire\" uri=\"tcp://127.0.0.1:$ACTIVEMQ_OPENWIRE_PORT?transport.tcpNoDelay=true\"/>"
+    fi
+    for peer in ${ACTIVEMQ_NETWORK_TO:-}; do
+        # Duplex: one connection carries both directions. conduitSubscriptions keeps
+        # one network subscription per topic, so each message crosses a bridge once
+        # however many durable subscribers wait behind it; networkTTL 1 suits a full
+        # mesh (a message never travels on from the broker it was forwarded to).
+        network="$network
+      <networkConnector name=\"$name-to-${peer//:/-}\" duplex=\"true\" conduitSubscriptions=\"true\"
+          networkTTL=\"1\" decreaseNetworkConsumerPriority=\"true\"
+          uri=\"static:(tcp://$peer)?initialReconnectDelay=500&amp;maxReconnectDelay=5000\"/>"
+    done
+    [ -z "$network" ] || network="<networkConnectors>$network
+    </networkConnectors>"
+    mkdir -p "$dir/conf" "$dir/data" "$dir/lib"
+    # The statistics answers are map messages, which STOMP delivers only as XML or
+    # JSON (the `transformation` header), through XStream: Debian's libxstream-java,
+    # put on the broker's classpath ($dir/lib). Without it the broker fails such a
+    # delivery and drops the connection.
+    if [ -f /usr/share/java/xstream.jar ]; then
+        ln -sf /usr/share/java/xstream.jar "$dir/lib/xstream.jar"
+    fi
+    # The packaged broker logs through log4j 1.2, for which the distribution ships no
+    # configuration: without one it logs nothing at all.
+    cat > "$dir/conf/log4j.properties" <<'LOG'
+log4j.rootLogger=INFO, out
+log4j.logger.org.apache.activemq.spring=WARN
+log4j.logger.org.springframework=WARN
+log4j.logger.org.apache.xbean=WARN
+log4j.appender.out=org.apache.log4j.ConsoleAppender
+log4j.appender.out.layout=org.apache.log4j.PatternLayout
+log4j.appender.out.layout.ConversionPattern=%d{ISO8601} %-5p %m (%c{1})%n
+LOG
     if [ ! -f "$dir/tls/server.pem" ]; then
         (cd "$repo" && "$python" -m tests.tlsutil "$dir/tls" >/dev/null)
     fi
@@ -66,11 +113,38 @@ PY
   xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
   http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false"
-          brokerName="localhost" dataDirectory="$dir/data">
+          brokerName="$name" dataDirectory="$dir/data" networkConnectorStartAsync="true">
+    <destinationPolicy>
+      <policyMap>
+        <policyEntries>
+          <!-- Expired messages are dropped (the default keeps them in ActiveMQ.DLQ),
+               also those of offline durable subscribers, looked for every
+               expireMessagesPeriod ms. -->
+          <policyEntry topic="&gt;" expireMessagesPeriod="$expire_ms">
+            <deadLetterStrategy>
+              <sharedDeadLetterStrategy processExpired="false"/>
+            </deadLetterStrategy>
+          </policyEntry>
+          <!-- In a network, a queue message forwarded to the broker where its
+               consumer was may go back to the broker where the consumer is now
+               (never otherwise: that prevents loops). -->
+          <policyEntry queue="&gt;" expireMessagesPeriod="$expire_ms">
+            <deadLetterStrategy>
+              <sharedDeadLetterStrategy processExpired="false"/>
+            </deadLetterStrategy>
+            <networkBridgeFilterFactory>
+              <conditionalNetworkBridgeFilterFactory replayWhenNoConsumers="true"/>
+            </networkBridgeFilterFactory>
+          </policyEntry>
+        </policyEntries>
+      </policyMap>
+    </destinationPolicy>
+    $network
     <persistenceAdapter>
       <kahaDB directory="$dir/data/kahadb"/>
     </persistenceAdapter>
     <plugins>
+      <statisticsBrokerPlugin/>
       <simpleAuthenticationPlugin anonymousAccessAllowed="true"
           anonymousUser="anonymous" anonymousGroup="anonymous">
         <users>
@@ -104,13 +178,15 @@ PY
     <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:$port?$opts"/>
       <transportConnector name="stomp-ssl" uri="stomp+ssl://127.0.0.1:$tls_port?$opts"/>
+      $openwire
     </transportConnectors>
   </broker>
 </beans>
 XML
     chmod 600 "$dir/conf/activemq.xml"
     java -Xmx512M -Dactivemq.base="$dir" -Dactivemq.home="$home" -Dactivemq.conf="$dir/conf" \
-        -Dactivemq.data="$dir/data" -jar "$home/bin/activemq.jar" \
+        -Dactivemq.data="$dir/data" -Dlog4j.configuration="file:$dir/conf/log4j.properties" \
+        -jar "$home/bin/activemq.jar" \
         start "xbean:file:$dir/conf/activemq.xml" > "$dir/activemq.log" 2>&1 &
     echo $! > "$dir/activemq.pid"
     (umask 077 && cat > "$dir/access.env") <<ENV
