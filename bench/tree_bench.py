@@ -78,7 +78,8 @@ from _nodes import (  # noqa: E402
     wait_until,
 )
 from _timed_node import APPLY_LOG  # noqa: E402
-from peers import ApplyLog, free_port, percentile  # noqa: E402
+from peers import LOG_POLL_S, ApplyLog, free_port, percentile  # noqa: E402
+from vesper.history.revision import parse_revision  # noqa: E402
 
 TIMED_NODE = Path(__file__).resolve().parent / "_timed_node.py"
 SCRIPTS = ROOT / "scripts" / "brokers"
@@ -162,11 +163,12 @@ def start_brokers(name: str, work: Path, network: int) -> Brokers:
     def stop() -> None:
         subprocess.run([script, "stop", str(folder)], capture_output=True, timeout=180, check=False)
 
-    # activemq.sh binds PORT and PORT+1 (TLS); the network script two per broker too
-    # (STOMP, and the OpenWire port the brokers link through).
-    args = (
-        [str(free_port(2))] if name == "activemq" else [str(free_port(2 * network)), str(network)]
-    )
+    # activemq.sh binds PORT and PORT+1 (TLS); the network script three per broker
+    # (STOMP, STOMP over TLS, and the OpenWire port the bridges use).
+    if name == "activemq":
+        args = [str(free_port(2))]
+    else:
+        args = [str(free_port(3 * network)), str(network)]
     try:
         done = subprocess.run(
             [script, "start", str(folder), *args],
@@ -181,15 +183,17 @@ def start_brokers(name: str, work: Path, network: int) -> Brokers:
         stop()
         raise
     if name == "activemq":
-        return Brokers(name, [f"127.0.0.1:{args[0]}"], stop, "ActiveMQ via activemq.sh")
+        pid = int((folder / "activemq.pid").read_text())
+        return Brokers(name, [f"127.0.0.1:{args[0]}"], stop, "ActiveMQ via activemq.sh", [pid])
     env = dict(
         line.split("=", 1)
         for line in (folder / "network.env").read_text().splitlines()
         if "=" in line and not line.startswith("#")
     )
-    addresses = [a.strip() for a in env["MQ_NETWORK"].strip("'\"").split(",") if a.strip()]
-    info = f"{len(addresses)} ActiveMQ brokers via activemq-network.sh"
-    return Brokers(name, addresses, stop, info)
+    addresses = [a for a in env["MQ_NETWORK"].split(",") if a]
+    pids = [int(p) for p in env.get("MQ_NETWORK_PIDS", "").split(",") if p]
+    info = f"{len(addresses)} ActiveMQ brokers in a full mesh via activemq-network.sh"
+    return Brokers(name, addresses, stop, info, pids)
 
 
 # -- the tree ----------------------------------------------------------------------------
@@ -260,10 +264,44 @@ def doc_id(tag: str, i: int) -> str:
     return f"{tag}-{i:06d}"
 
 
-def wait_everywhere(run: TreeRun, written: dict[str, list[str]], timeout: float) -> None:
-    """Until every node has every write of the other nodes (its apply log says so)."""
+def changeset_of(leaf: str, answer: bytes) -> str:
+    """The id of the changeset a ``201`` answered: its revision is the node's version
+    vector right after the commit, whose own entry is the new changeset's counter."""
+    return f"{leaf}.{parse_revision(orjson.loads(answer)['revision'])[leaf]}"
+
+
+def post(client: Client, leaf: str, request: bytes) -> str:
+    status, body = client.request(request)
+    if status != 201:
+        raise BenchError(f"{leaf}: POST answered {status}: {body[:200]!r}")
+    return changeset_of(leaf, body)
+
+
+def wait_applied(run: TreeRun, written: dict[str, list[str]], timeout: float) -> None:
+    """Until every node has applied every changeset the other nodes wrote, as its apply
+    log says. Changesets, not objects: one released from pending is logged without its
+    objects."""
+    deadline = time.monotonic() + timeout
     for branch, apply_log in run.logs.items():
-        apply_log.wait([i for w, ids in written.items() if w != branch for i in ids], timeout)
+        missing = {i for w, ids in written.items() if w != branch for i in ids}
+        while True:
+            apply_log.poll()
+            missing.difference_update(apply_log.changesets)
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                node = run.nodes[branch]
+                client = Client(node.host, node.port)
+                try:
+                    status = client.get_json("/api/status")
+                finally:
+                    client.close()
+                raise BenchError(
+                    f"{branch} lacks {len(missing)} changesets after {timeout:g} s, e.g. "
+                    f"{sorted(missing)[:5]}; its revision {status['revision']}, pending "
+                    f"{status['pending']}, quarantined {status['replication'].get('quarantined')}"
+                )
+            time.sleep(LOG_POLL_S)
 
 
 def warm_up(run: TreeRun, tag: str) -> None:
@@ -272,35 +310,31 @@ def warm_up(run: TreeRun, tag: str) -> None:
         node = run.nodes[leaf]
         client = Client(node.host, node.port)
         try:
-            ids = [doc_id(f"{tag}{leaf}", i) for i in range(WARMUP)]
-            for i, object_id in enumerate(ids):
-                body = orjson.dumps({"id": object_id, **benchlib.small_doc(i)})
-                status, answer = client.request(client.build("POST", "/api/objects", body))
-                if status != 201:
-                    raise BenchError(f"{leaf}: POST answered {status}: {answer[:200]!r}")
+            written[leaf] = [
+                post(client, leaf, client.build("POST", "/api/objects", document(tag + leaf, i)))
+                for i in range(WARMUP)
+            ]
         finally:
             client.close()
-        written[leaf] = ids
-    wait_everywhere(run, written, WARMUP_DEADLINE_S)
+    wait_applied(run, written, WARMUP_DEADLINE_S)
 
 
-def writer_main(pipe: Any, host: str, port: int, tag: str, mine: list[int], rate: float) -> None:
+def document(tag: str, i: int) -> bytes:
+    return orjson.dumps({"id": doc_id(tag, i), **benchlib.small_doc(i)})
+
+
+def writer_main(
+    pipe: Any, host: str, port: int, leaf: str, tag: str, mine: list[int], rate: float
+) -> None:
     """One leaf's writer process: write ``i`` of ``mine`` is due at ``t0 + i / rate``;
-    sends back when each was answered and the worst lateness."""
+    sends back each write's changeset id and answer time, and the worst lateness."""
     try:
         client = Client(host, port)
-        requests = [
-            client.build(
-                "POST",
-                "/api/objects",
-                orjson.dumps({"id": doc_id(tag, i), **benchlib.small_doc(i)}),
-            )
-            for i in mine
-        ]
+        requests = [client.build("POST", "/api/objects", document(tag, i)) for i in mine]
         pipe.send("ready")
         t0_ns = pipe.recv()
         base = time.monotonic() + (t0_ns - time.time_ns()) / 1e9
-        answered: list[int] = []
+        answered: list[tuple[str, int]] = []
         slip = 0.0
         for k, i in enumerate(mine):
             delay = base + i / rate - time.monotonic()
@@ -308,10 +342,8 @@ def writer_main(pipe: Any, host: str, port: int, tag: str, mine: list[int], rate
                 time.sleep(delay)
             else:
                 slip = max(slip, -delay)
-            status, body = client.request(requests[k])
-            if status != 201:
-                raise BenchError(f"POST answered {status}: {body[:200]!r}")
-            answered.append(time.time_ns())
+            cs_id = post(client, leaf, requests[k])
+            answered.append((cs_id, time.time_ns()))
         pipe.send(("ok", answered, slip))
     except Exception as exc:
         pipe.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -320,8 +352,8 @@ def writer_main(pipe: Any, host: str, port: int, tag: str, mine: list[int], rate
 def paced_writes(
     run: TreeRun, tag: str, n: int, rate: float
 ) -> tuple[dict[str, tuple[str, int]], float]:
-    """``n`` writes at ``rate``/s over the leaves; returns each document's leaf and
-    answer time, and the worst schedule slip in seconds."""
+    """``n`` writes at ``rate``/s over the leaves; returns each write's changeset id
+    with its leaf and answer time, and the worst schedule slip in seconds."""
     ctx = multiprocessing.get_context("spawn")
     share = {leaf: list(range(k, n, len(LEAVES))) for k, leaf in enumerate(LEAVES)}
     procs, pipes = [], {}
@@ -330,7 +362,9 @@ def paced_writes(
             parent, child = ctx.Pipe()
             node = run.nodes[leaf]
             proc = ctx.Process(
-                target=writer_main, args=(child, node.host, node.port, tag, mine, rate), daemon=True
+                target=writer_main,
+                args=(child, node.host, node.port, leaf, tag, mine, rate),
+                daemon=True,
             )
             proc.start()
             procs.append(proc)
@@ -352,8 +386,8 @@ def paced_writes(
             message = pipe.recv()
             if message[0] != "ok":
                 raise BenchError(f"writer of {leaf}: {message[1]}")
-            for i, t in zip(share[leaf], message[1], strict=True):
-                answered[doc_id(tag, i)] = (leaf, t)
+            for cs_id, t in message[1]:
+                answered[cs_id] = (leaf, t)
             slip = max(slip, message[2])
     finally:
         for proc in procs:
@@ -367,25 +401,24 @@ def one_run(brokers: Brokers, work: Path, run_no: int, sizes: Sizes) -> dict[str
     tree = start_tree(brokers, work / f"run{run_no}")
     try:
         warm_up(tree, f"w{run_no}")
-        tag = f"t{run_no}"
         cpu0, t0 = cpu(tree, brokers), time.monotonic()
-        answered, slip = paced_writes(tree, tag, sizes.writes, sizes.rate)
+        answered, slip = paced_writes(tree, f"t{run_no}", sizes.writes, sizes.rate)
         written: dict[str, list[str]] = {leaf: [] for leaf in LEAVES}
-        for object_id, (leaf, _) in answered.items():
-            written[leaf].append(object_id)
-        wait_everywhere(tree, written, DEADLINE_S)
+        for cs_id, (leaf, _) in answered.items():
+            written[leaf].append(cs_id)
+        wait_applied(tree, written, DEADLINE_S)
         elapsed = time.monotonic() - t0
         cores = {k: (v - cpu0[k]) / elapsed for k, v in cpu(tree, brokers).items()}
     finally:
         stop_tree(tree)
     by_hubs: dict[int, list[float]] = {}
     everywhere: list[float] = []
-    for object_id, (leaf, t) in answered.items():
+    for cs_id, (leaf, t) in answered.items():
         last = 0.0
         for branch, apply_log in tree.logs.items():
             if branch == leaf:
                 continue
-            lag = (apply_log.stamps[object_id] - t) / 1e6
+            lag = (apply_log.changesets[cs_id] - t) / 1e6
             by_hubs.setdefault(hubs_between(leaf, branch), []).append(lag)
             last = max(last, lag)
         everywhere.append(last)
@@ -428,8 +461,10 @@ def print_report(
     results: dict[str, list[dict[str, Any]]],
     infos: dict[str, Brokers],
     errors: list[str],
+    load: tuple[float, float],
 ) -> None:
     print(benchlib.machine_line())
+    print(f"load average (1 min): {load[0]:.2f} at the start, {load[1]:.2f} at the end")
     print(
         "tree: channels R - A - A1; hubs h1, h2 link R and A, h3, h4 link A and A1; "
         f"leaves leafR, leafA, leafA1; {sizes.writes:,} writes at {sizes.rate:g}/s spread over the "
@@ -501,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     infos: dict[str, Brokers] = {}
     errors: list[str] = []
     started = time.monotonic()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="vesper-tree-", dir=args.dir) as tmp:
         work = Path(tmp)
         for name in wanted:
@@ -531,7 +567,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(
                 {
-                    "machine": benchlib.machine(),
+                    "machine": benchlib.machine(
+                        loadavg_at_start=load_start, loadavg_at_end=os.getloadavg()[0]
+                    ),
                     "writes": sizes.writes,
                     "rate": sizes.rate,
                     "runs": results,
@@ -544,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     else:
-        print_report(sizes, results, infos, errors)
+        print_report(sizes, results, infos, errors, (load_start, os.getloadavg()[0]))
         print(f"total: {time.monotonic() - started:.1f} s")
     return 1 if errors else 0
 
