@@ -335,6 +335,7 @@ def writer_main(
         t0_ns = pipe.recv()
         base = time.monotonic() + (t0_ns - time.time_ns()) / 1e9
         answered: list[tuple[str, int]] = []
+        took: list[float] = []
         slip = 0.0
         for k, i in enumerate(mine):
             delay = base + i / rate - time.monotonic()
@@ -342,18 +343,21 @@ def writer_main(
                 time.sleep(delay)
             else:
                 slip = max(slip, -delay)
+            sent = time.time_ns()
             cs_id = post(client, leaf, requests[k])
             answered.append((cs_id, time.time_ns()))
-        pipe.send(("ok", answered, slip))
+            took.append((answered[-1][1] - sent) / 1e6)
+        pipe.send(("ok", answered, slip, took))
     except Exception as exc:
         pipe.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def paced_writes(
     run: TreeRun, tag: str, n: int, rate: float
-) -> tuple[dict[str, tuple[str, int]], float]:
+) -> tuple[dict[str, tuple[str, int]], float, list[float]]:
     """``n`` writes at ``rate``/s over the leaves; returns each write's changeset id
-    with its leaf and answer time, and the worst schedule slip in seconds."""
+    with its leaf and answer time, the worst schedule slip in seconds and how long each
+    POST took (ms)."""
     ctx = multiprocessing.get_context("spawn")
     share = {leaf: list(range(k, n, len(LEAVES))) for k, leaf in enumerate(LEAVES)}
     procs, pipes = [], {}
@@ -379,6 +383,7 @@ def paced_writes(
         for pipe in pipes.values():
             pipe.send(t0)
         answered: dict[str, tuple[str, int]] = {}
+        took: list[float] = []
         slip = 0.0
         for leaf, pipe in pipes.items():
             if not pipe.poll(n / rate + 120):
@@ -389,26 +394,40 @@ def paced_writes(
             for cs_id, t in message[1]:
                 answered[cs_id] = (leaf, t)
             slip = max(slip, message[2])
+            took.extend(message[3])
     finally:
         for proc in procs:
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
-    return answered, slip
+    return answered, slip, took
+
+
+def received(run: TreeRun) -> int:
+    """Changesets the nodes have received so far, duplicates included."""
+    total = 0
+    for node in run.nodes.values():
+        client = Client(node.host, node.port)
+        try:
+            total += client.get_json("/api/status")["replication"]["changesets_received"]
+        finally:
+            client.close()
+    return total
 
 
 def one_run(brokers: Brokers, work: Path, run_no: int, sizes: Sizes) -> dict[str, Any]:
     tree = start_tree(brokers, work / f"run{run_no}")
     try:
         warm_up(tree, f"w{run_no}")
-        cpu0, t0 = cpu(tree, brokers), time.monotonic()
-        answered, slip = paced_writes(tree, f"t{run_no}", sizes.writes, sizes.rate)
+        cpu0, t0, received0 = cpu(tree, brokers), time.monotonic(), received(tree)
+        answered, slip, took = paced_writes(tree, f"t{run_no}", sizes.writes, sizes.rate)
         written: dict[str, list[str]] = {leaf: [] for leaf in LEAVES}
         for cs_id, (leaf, _) in answered.items():
             written[leaf].append(cs_id)
         wait_applied(tree, written, DEADLINE_S)
         elapsed = time.monotonic() - t0
         cores = {k: (v - cpu0[k]) / elapsed for k, v in cpu(tree, brokers).items()}
+        copies = (received(tree) - received0) / (len(answered) * (len(TREE) - 1))
     finally:
         stop_tree(tree)
     by_hubs: dict[int, list[float]] = {}
@@ -431,6 +450,9 @@ def one_run(brokers: Brokers, work: Path, run_no: int, sizes: Sizes) -> dict[str
     }
     out["max_ms"] = max(everywhere)
     out["max_schedule_slip_ms"] = slip * 1e3
+    took.sort()
+    out["post_p50_ms"], out["post_p99_ms"] = percentile(took, 50), percentile(took, 99)
+    out["copies_per_node"] = copies
     out["nodes_cpu_cores"] = sum(v for k, v in cores.items() if k in TREE)
     out["brokers_cpu_cores"] = sum(v for k, v in cores.items() if k not in TREE)
     out["cpu_cores"] = {k: round(v, 2) for k, v in cores.items()}
