@@ -403,16 +403,19 @@ def paced_writes(
     return answered, slip, took
 
 
-def received(run: TreeRun) -> int:
-    """Changesets the nodes have received so far, duplicates included."""
-    total = 0
+def received(run: TreeRun) -> tuple[int, int]:
+    """Changesets the nodes have received so far, duplicates included, and of them
+    those that came by catch-up."""
+    total = by_catchup = 0
     for node in run.nodes.values():
         client = Client(node.host, node.port)
         try:
-            total += client.get_json("/api/status")["replication"]["changesets_received"]
+            replication = client.get_json("/api/status")["replication"]
         finally:
             client.close()
-    return total
+        total += replication["changesets_received"]
+        by_catchup += replication["catchup_changesets_received"]
+    return total, by_catchup
 
 
 def one_run(brokers: Brokers, work: Path, run_no: int, sizes: Sizes) -> dict[str, Any]:
@@ -427,7 +430,9 @@ def one_run(brokers: Brokers, work: Path, run_no: int, sizes: Sizes) -> dict[str
         wait_applied(tree, written, DEADLINE_S)
         elapsed = time.monotonic() - t0
         cores = {k: (v - cpu0[k]) / elapsed for k, v in cpu(tree, brokers).items()}
-        copies = (received(tree) - received0) / (len(answered) * (len(TREE) - 1))
+        received1 = received(tree)
+        wanted = len(answered) * (len(TREE) - 1)
+        copies, catchup = ((n - n0) / wanted for n, n0 in zip(received1, received0, strict=True))
     finally:
         stop_tree(tree)
     by_hubs: dict[int, list[float]] = {}
@@ -453,6 +458,7 @@ def one_run(brokers: Brokers, work: Path, run_no: int, sizes: Sizes) -> dict[str
     took.sort()
     out["post_p50_ms"], out["post_p99_ms"] = percentile(took, 50), percentile(took, 99)
     out["copies_per_node"] = copies
+    out["share_by_catchup"] = catchup
     out["nodes_cpu_cores"] = sum(v for k, v in cores.items() if k in TREE)
     out["brokers_cpu_cores"] = sum(v for k, v in cores.items() if k not in TREE)
     out["cpu_cores"] = {k: round(v, 2) for k, v in cores.items()}
@@ -527,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "activemq-network when ActiveMQ and its network script are there; --quick: embedded)",
     )
     parser.add_argument("--rate", type=float, default=RATE, help="writes/s over all leaves")
+    parser.add_argument("--writes", type=int, help="writes per run (default 6,000; --quick 300)")
     parser.add_argument("--network", type=int, default=3, help="brokers of activemq-network")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--dir", help="directory for the temporary files (default: system temp)")
@@ -536,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 1")
     if args.rate <= 0:
         parser.error("--rate must be above 0")
-    sizes = Sizes(sizes.writes, args.runs or sizes.runs, args.rate)
+    if args.writes is not None and args.writes < len(LEAVES):
+        parser.error(f"--writes must be at least {len(LEAVES)}")
+    sizes = Sizes(args.writes or sizes.writes, args.runs or sizes.runs, args.rate)
     if args.brokers:
         wanted = [b.strip() for b in args.brokers.split(",") if b.strip()]
         unknown = [b for b in wanted if b not in BROKERS]
