@@ -54,6 +54,7 @@ ctl() { # INDEX NAME ARGS...: rabbitmqctl against node INDEX
 }
 fail() {
     echo "rabbitmq-cluster: $*; the nodes' output:" >&2
+    cat "$dir"/node*/join.out >&2 2>/dev/null || true
     tail -n 20 "$dir"/node*/server.out "$dir"/node*/log/*.log >&2 2>/dev/null || true
     "$0" stop "$dir" || true
     exit 1
@@ -70,13 +71,11 @@ wait_stomp() { # every node's STOMP listener accepts connections
         fail "node $i's STOMP listener did not open on ${stomp[i - 1]}"
     done
 }
-each_joining() { # rabbitmqctl COMMAND on nodes 2..3 at once
-    local i jobs=()
-    for i in $(seq 2 $NODES); do
-        ctl "$i" "${names[i - 1]}" "$1" >"$dir/node$i/$1.out" 2>&1 &
-        jobs+=($!)
-    done
-    for i in "${jobs[@]}"; do wait "$i" || fail "$1 failed: $(cat "$dir"/node*/"$1".out)"; done
+join_node() { # INDEX: the stopped node INDEX joins node 1 and starts again
+    local i=$1
+    ctl "$i" "${names[i - 1]}" join_cluster "${names[0]}" >>"$dir/node$i/join.out" 2>&1 &&
+        ctl "$i" "${names[i - 1]}" start_app >>"$dir/node$i/join.out" 2>&1 ||
+        fail "node $i did not join"
 }
 
 case "$cmd" in
@@ -116,18 +115,18 @@ CONF
     # Each node opens its STOMP listener once it has booted: polling the ports costs
     # nothing, where `rabbitmqctl wait` would start an Erlang VM per node.
     wait_stomp
-    # join_cluster needs the joining node's app stopped. Two joins at once fail to merge
-    # Mnesia's schema, so nodes 2 and 3 join one after the other; stopping and
-    # starting them is done in parallel.
+    # join_cluster needs the joining node's app stopped. Two nodes joining at once fail
+    # to merge Mnesia's schema, and two starting at once fail the consistency check of
+    # the other: so node 3 only stops while node 2 joins and starts, then joins itself.
     # A DIR started before holds the cluster in its Mnesia files: its nodes find each
     # other again by themselves.
     if [ ! -f "$dir/clustered" ]; then
-        each_joining stop_app
-        for i in $(seq 2 $NODES); do
-            ctl "$i" "${names[i - 1]}" join_cluster "${names[0]}" >"$dir/node$i/join.out" 2>&1 ||
-                fail "node $i did not join: $(cat "$dir/node$i/join.out")"
-        done
-        each_joining start_app
+        ctl 3 "${names[2]}" stop_app >"$dir/node3/join.out" 2>&1 &
+        stopping=$!
+        ctl 2 "${names[1]}" stop_app >"$dir/node2/join.out" 2>&1 || fail "node 2 did not stop"
+        join_node 2
+        wait "$stopping" || fail "node 3 did not stop"
+        join_node 3
         touch "$dir/clustered"
     fi
     running=$(ctl 1 "${names[0]}" eval 'length(rabbit_nodes:all_running()).' 2>/dev/null || true)
