@@ -18,7 +18,7 @@ RBIN=/usr/lib/rabbitmq/bin
 NODES=3
 
 # Node names are global to the machine (one epmd): name them after the STOMP port,
-# which no other running broker holds. Set by node_env; stop reads them back.
+# which no other running broker holds. start writes them to DIR/nodes.env for stop.
 node_name() { echo "vesper-c$1-$2@localhost"; } # PORT INDEX
 
 # The /usr/sbin wrappers switch HOME to /var/lib/rabbitmq, so server and CLI would use
