@@ -336,6 +336,7 @@ def test_unknown_name_in_overrides() -> None:
         ("send_stomp_ack", None, "True or False"),
         ("replication_broker", "kafka", "one of 'activemq', 'rabbitmq', 'vesper' or None"),
         ("replication_broker", 1, "one of 'activemq'"),
+        ("replication_queue_type", "stream", "one of 'classic', 'quorum'"),
         ("replication_login", 5, "a string or None"),
         ("replication_heartbeat_ms", -1, "an integer >= 0"),
         ("replication_heartbeat_ms", 1.5, "an integer >= 0"),

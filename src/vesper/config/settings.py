@@ -41,6 +41,8 @@ DEFAULT_API_MAX_CONNECTIONS: Final = 1000
 MIN_API_TOKEN_CHARS: Final = 16
 
 BROKERS = ("activemq", "rabbitmq", "vesper")
+QUEUE_TYPES = ("classic", "quorum")
+DEFAULT_REPLICATION_QUEUE_TYPE: Final = "classic"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MAX_PORT = 65535
@@ -332,6 +334,11 @@ VARIABLES: tuple[Variable, ...] = (
              "broker product: 'activemq', 'rabbitmq' or 'vesper'; "
              "None detects it from the CONNECTED frame",
              "'rabbitmq'", _choice(BROKERS, optional=True)),
+    Variable("replication_queue_type", "str", DEFAULT_REPLICATION_QUEUE_TYPE,
+             "RabbitMQ only: 'classic' or 'quorum', the type of this node's durable "
+             "subscription queue and node queue; 'quorum' replicates them across a "
+             "RabbitMQ cluster; every node of a channel must use the same",
+             "'quorum'", _choice(QUEUE_TYPES)),
     Variable("replication_login", "str | None", None,
              "broker login; None connects without credentials",
              "'vesper'", _check_optional_str),
@@ -518,6 +525,7 @@ class Settings:
     indexes: tuple[str, ...] = ()
     send_stomp_ack: bool = DEFAULT_SEND_STOMP_ACK
     replication_broker: Literal["activemq", "rabbitmq", "vesper"] | None = None
+    replication_queue_type: Literal["classic", "quorum"] = DEFAULT_REPLICATION_QUEUE_TYPE
     replication_login: str | None = None
     replication_passcode: str | None = field(default=None, repr=False)
     replication_tls: bool = False
@@ -606,6 +614,12 @@ class Settings:
             raise ConfigError(
                 "replication_hosts is set without a channel: set replication_channel "
                 "(or replication_channels for a hub node)"
+            )
+        broker = self.replication_broker
+        if self.replication_queue_type != "classic" and broker not in (None, "rabbitmq"):
+            raise ConfigError(
+                f"replication_queue_type is {self.replication_queue_type!r}, which only "
+                f"RabbitMQ has, but replication_broker is {broker!r}: remove one of them"
             )
 
     @classmethod

@@ -19,6 +19,9 @@ class BrokerProfile:
     """activemq, rabbitmq, vesper or unknown."""
     server: str
     """The CONNECTED frame's ``server`` header, for status."""
+    queue_type: str = "classic"
+    """On RabbitMQ, the type of the durable queues this node declares:
+    ``replication_queue_type`` (see ``rabbitmq_queue``)."""
 
     def durable_topic_headers(self, branch_id: str, channel: str) -> dict[str, str]:
         """SUBSCRIBE headers for this node's durable subscription to a channel topic.
@@ -42,6 +45,7 @@ class BrokerProfile:
             headers.update({"durable": "true", "auto-delete": "false"})
         if self.name == "rabbitmq":
             headers["x-queue-name"] = subscription_queue(channel, branch_id)
+            headers.update(self.rabbitmq_queue())
         if self.name == "vesper":
             # The embedded broker keeps this node's own changesets out of its
             # subscription: storing, delivering and acknowledging each of them only to
@@ -76,7 +80,28 @@ class BrokerProfile:
     def queue_headers(self) -> dict[str, str]:
         # Queues are durable on every broker by default (RabbitMQ declares /queue/
         # destinations durable and not auto-deleted).
-        return {"activemq.prefetchSize": str(PREFETCH), "prefetch-count": str(PREFETCH)}
+        headers = {"activemq.prefetchSize": str(PREFETCH), "prefetch-count": str(PREFETCH)}
+        return {**headers, **self.rabbitmq_queue()}
+
+    def send_headers(self, destination: str) -> dict[str, str]:
+        """Headers every SEND to ``destination`` carries: on RabbitMQ a SEND to
+        ``/queue/Q`` declares Q too, and refuses it if the type differs from Q's."""
+        return self.rabbitmq_queue() if destination.startswith("/queue/") else {}
+
+    def rabbitmq_queue(self) -> dict[str, str]:
+        """The queue type argument of a durable RabbitMQ queue this node declares.
+
+        A quorum queue is replicated to a majority of a cluster's nodes, so it outlives
+        the node that holds it; a classic one is unavailable while that node is down.
+        Quorum queues cannot be auto-deleted or exclusive, so the live announcements
+        queue stays classic. Classic, the broker's default, is declared without the
+        argument, as nodes did before the setting existed. Every node of a channel
+        must use the same type: RabbitMQ refuses a declaration of a type other than the
+        existing queue's (``inequivalent arg 'x-queue-type'``) and closes the connection.
+        """
+        if self.name == "rabbitmq" and self.queue_type != "classic":
+            return {"x-queue-type": self.queue_type}
+        return {}
 
 
 def detect(server: str | None, configured: str | None = None) -> BrokerProfile:

@@ -9,6 +9,7 @@ other threads; the replication service decides when to reconnect.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import threading
@@ -39,6 +40,7 @@ class StompLink(stomp.ConnectionListener):
         passcode: str | None,
         heartbeat_ms: int,
         broker: str | None,
+        queue_type: str = "classic",
         tls: BrokerTls | None = None,
         on_message: Callable[[Delivery], None],
         on_receipt: Callable[[str], None],
@@ -50,6 +52,7 @@ class StompLink(stomp.ConnectionListener):
         self._login = login
         self._passcode = passcode
         self._configured_broker = broker
+        self._queue_type = queue_type
         self._on_message = on_message
         self._on_receipt = on_receipt
         self._on_lost = on_lost
@@ -134,6 +137,8 @@ class StompLink(stomp.ConnectionListener):
     ) -> None:
         if receipt is not None:
             headers = {**headers, "receipt": receipt}
+        if self.profile is not None:
+            headers = {**headers, **self.profile.send_headers(destination)}
         try:
             self.conn.send(destination, body, content_type="application/json", headers=headers)
         except (stomp.exception.StompException, OSError) as exc:
@@ -158,7 +163,8 @@ class StompLink(stomp.ConnectionListener):
     # -- stomp.py callbacks (receiver thread: never block) ---------------------------
 
     def on_connected(self, frame: Any) -> None:
-        self.profile = detect(frame.headers.get("server"), self._configured_broker)
+        profile = detect(frame.headers.get("server"), self._configured_broker)
+        self.profile = dataclasses.replace(profile, queue_type=self._queue_type)
         self._connected_frame.set()
 
     def on_message(self, frame: Any) -> None:

@@ -77,6 +77,8 @@ class ReplicationConfig:
     channels: tuple[str, ...]
     send_ack: bool = True
     broker: str | None = None
+    queue_type: str = "classic"
+    """RabbitMQ's type for the durable queues (``replication_queue_type``)."""
     login: str | None = None
     passcode: str | None = None
     heartbeat_ms: int = 1000
@@ -105,6 +107,7 @@ class ReplicationConfig:
             channels=tuple(settings.channels),
             send_ack=settings.send_stomp_ack,
             broker=settings.replication_broker,
+            queue_type=settings.replication_queue_type,
             login=settings.replication_login,
             passcode=settings.replication_passcode,
             heartbeat_ms=settings.replication_heartbeat_ms,
@@ -530,6 +533,7 @@ class ReplicationService:
             passcode=self.config.passcode,
             heartbeat_ms=self.config.heartbeat_ms,
             broker=self.config.broker,
+            queue_type=self.config.queue_type,
             tls=self.config.tls if host in self.config.tls_hosts else None,
             on_message=on_message,
             on_receipt=on_receipt,
