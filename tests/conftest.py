@@ -10,6 +10,7 @@ tests of ``tests/replication/test_broker_access.py`` that need them skip without
 (ActiveMQ network of brokers, RabbitMQ cluster, ...) and ``--mq-network-pids`` their
 processes in the same order, as ``scripts/brokers/*-network.sh`` write them to
 ``DIR/network.env``; ``tests/replication/test_broker_network.py`` skips without them.
+``--mq-network-queue-type quorum`` gives its nodes quorum queues (RabbitMQ clusters).
 """
 
 from __future__ import annotations
@@ -48,4 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="PID,PID[,...]",
         help="the processes of the --mq-network brokers, same order",
+    )
+    parser.addoption(
+        "--mq-network-queue-type",
+        action="store",
+        default="classic",
+        choices=("classic", "quorum"),
+        help="replication_queue_type of the nodes on --mq-network: quorum on a RabbitMQ "
+        "cluster, whose classic queues die with the cluster node that holds them",
     )

@@ -35,6 +35,8 @@ NETWORK_DEADLINE_S = 120.0
 class BrokerNetwork:
     hosts: list[Host]
     pids: list[int] | None
+    queue_type: str = "classic"
+    """The nodes' ``replication_queue_type`` (``--mq-network-queue-type``)."""
     killed: set[int] = field(default_factory=set)
 
     def use(self, *indexes: int) -> list[Host]:
@@ -79,7 +81,7 @@ def network(request: pytest.FixtureRequest) -> BrokerNetwork:
     pids = [int(p) for p in pids_option.split(",")] if pids_option else None
     if pids is not None and len(pids) != len(hosts):
         pytest.fail("--mq-network-pids needs one process per --mq-network broker")
-    return BrokerNetwork(hosts, pids)
+    return BrokerNetwork(hosts, pids, request.config.getoption("--mq-network-queue-type"))
 
 
 def address(host: Host) -> str:
@@ -94,8 +96,8 @@ def test_nodes_on_different_brokers_converge(
     network: BrokerNetwork, cluster: Callable[..., list[Node]]
 ) -> None:
     first, second = network.use(0, 1)
-    (a,) = cluster(["A"], [first])
-    b, c = cluster(["B", "C"], [second], channel=a.channel)
+    (a,) = cluster(["A"], [first], queue_type=network.queue_type)
+    b, c = cluster(["B", "C"], [second], channel=a.channel, queue_type=network.queue_type)
     wait_for(lambda: connected_to(a, first) and connected_to(b, second), what="A and B up")
     a.s.create({"id": "shared", "by": "A"})
     wait_converged([a, b, c], timeout=NETWORK_DEADLINE_S)
@@ -121,8 +123,8 @@ def test_node_back_on_another_broker_catches_up(
     network: BrokerNetwork, cluster: Callable[..., list[Node]]
 ) -> None:
     first, second = network.use(0, 1)
-    (a,) = cluster(["A"], [first])
-    b, c = cluster(["B", "C"], [second], channel=a.channel)
+    (a,) = cluster(["A"], [first], queue_type=network.queue_type)
+    b, c = cluster(["B", "C"], [second], channel=a.channel, queue_type=network.queue_type)
     wait_for(lambda: connected_to(b, second), what="B on the second broker")
     b.s.create({"id": "from-b"})
     wait_converged([a, b, c], timeout=NETWORK_DEADLINE_S)
@@ -262,7 +264,10 @@ def test_last_broker_killed_during_writes(
     nodes: list[Node] = []
     for i, home in enumerate(homes):
         nodes += cluster(
-            [chr(ord("A") + i)], failover_list(home), channel=nodes[0].channel if nodes else None
+            [chr(ord("A") + i)],
+            failover_list(home),
+            channel=nodes[0].channel if nodes else None,
+            queue_type=network.queue_type,
         )
     on_last = [n for n, home in zip(nodes, homes, strict=True) if home == last]
     wait_for(
