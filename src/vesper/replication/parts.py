@@ -22,6 +22,9 @@ handled as if it had come in one message (its changesets' signatures and chains 
 as always); the parts are deleted once it is applied. A set left incomplete (its sender
 died half-way; it sends the message again, in the same parts, after restarting) is
 dropped after ``STALE_S``.
+
+A broker with a ceiling on whole frames, headers included (coilmq: 4 KiB), gets parts cut
+to fit it, headers at their longest counted (``split``'s ``frame_bytes``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from vesper.errors import ConfigError
 from vesper.history.changeset import MAX_CHANGESET_BYTES
+from vesper.replication import wire
 from vesper.replication.transport import Delivery
 from vesper.storage.database import Database
 from vesper.trust.keys import NodeKey
@@ -69,12 +74,74 @@ class PartRefused(Exception):
         self.detail = detail
 
 
+RECEIPT_CHARS = 32
+"""A receipt id as the sender and the link make them (``uuid4().hex``)."""
+SIG_CHARS = 86
+"""An Ed25519 signature in unpadded base64url."""
+MIN_FRAME_ROOM = 256
+"""Fewer body bytes per frame than this would make parts mostly headers."""
+
+
+def frame_overhead(headers: dict[str, str], destination: str, body_bytes: int) -> int:
+    """The bytes of a SEND frame besides its body, as the link writes it: the command,
+    ``headers`` (escaped as STOMP 1.1 wants), the destination, content type and length,
+    a receipt, the blank line and the final NUL."""
+    written = {
+        **headers,
+        "destination": destination,
+        "content-type": wire.JSON,
+        "content-length": str(body_bytes),
+        "receipt": "0" * RECEIPT_CHARS,
+    }
+    return len(b"SEND\n\n\x00") + sum(
+        len(f"{name}:{_escaped(value)}\n".encode()) for name, value in written.items()
+    )
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c")
+
+
 def split(
-    body: bytes, headers: dict[str, str], signer: str, key: NodeKey, limit: int | None = None
+    body: bytes,
+    headers: dict[str, str],
+    signer: str,
+    key: NodeKey,
+    limit: int | None = None,
+    *,
+    frame_bytes: int | None = None,
+    destination: str = "",
 ) -> list[tuple[bytes, dict[str, str]]]:
     """The messages that carry ``body``: itself when it fits in ``limit`` (default
-    PART_BYTES), else its signed parts."""
+    PART_BYTES) and, with ``frame_bytes``, in one frame to ``destination``; else its
+    signed parts, each cut to fit both."""
     limit = limit or PART_BYTES
+    if (
+        frame_bytes is not None
+        and len(body) + frame_overhead(headers, destination, len(body)) > frame_bytes
+    ):
+        longest = {
+            **headers,
+            PART: f"{MAX_MESSAGE_BYTES}/{MAX_MESSAGE_BYTES}",
+            PART_OF: "0" * 64,
+            PART_BYTES_HEADER: str(MAX_MESSAGE_BYTES),
+            PART_HASH: "0" * 64,
+            PART_SIGNER: signer,
+            PART_KEY: key.public,
+            PART_SIG: "0" * SIG_CHARS,
+        }
+        limit = min(limit, frame_bytes - frame_overhead(longest, destination, frame_bytes))
+        if limit < MIN_FRAME_ROOM:
+            raise ConfigError(
+                f"messages to {destination} leave {limit} bytes for a part's body in the "
+                f"broker's {frame_bytes}-byte frames: choose a shorter channel name"
+            )
+    return _cut(body, headers, signer, key, limit)
+
+
+def _cut(
+    body: bytes, headers: dict[str, str], signer: str, key: NodeKey, limit: int
+) -> list[tuple[bytes, dict[str, str]]]:
     if len(body) <= limit:
         return [(body, headers)]
     whole = hashlib.sha256(body).hexdigest()
