@@ -218,6 +218,8 @@ class StompLink(stomp.ConnectionListener):
             write(receipt)
             return
         with self._gate:
+            if self._lost:
+                raise LinkError(f"{self.address}: {self.error or 'disconnected'}")
             self._answered.clear()
             self._awaited = receipt or uuid.uuid4().hex
             self._forward_awaited = receipt is not None
@@ -236,18 +238,29 @@ class StompLink(stomp.ConnectionListener):
                 if self._lost
                 else f"no RECEIPT within {FRAME_RECEIPT_TIMEOUT_S:.0f} s: the broker stalled"
             )
-        self._lost_once()
-        self.close()
+            # Still holding the gate: close() writes no DISCONNECT behind this frame.
+            self._lost_once()
+            self.close()
         raise LinkError(f"{self.address}: {problem}")
 
     def close(self) -> None:
+        # With one frame in flight, a DISCONNECT written while another frame awaits its
+        # RECEIPT could reach the broker in the same read as that frame's end: the
+        # socket is merely closed then.
+        gated = self.profile is not None and self.profile.one_frame_in_flight
+        polite = not gated or self._gate.acquire(blocking=False)
         self._lost = True
         self._answered.set()
         try:
-            if self.conn.is_connected():
+            if polite and self.conn.is_connected():
                 self.conn.disconnect()
+            elif not polite:
+                self.conn.transport.disconnect_socket()
         except Exception:
             pass
+        finally:
+            if gated and polite:
+                self._gate.release()
         with contextlib.suppress(Exception):
             self.conn.transport.stop()
 
