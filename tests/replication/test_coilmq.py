@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ import pytest
 import stomp.utils
 
 from tests.replication.harness import Node, new_channel, wait_converged, wait_for
+from vesper.replication import parts, wire
 from vesper.replication.brokers import COILMQ_FRAME_BYTES
 from vesper.replication.service import ReplicationConfig, ReplicationService
 from vesper.store import open_store
+from vesper.trust.keys import NodeKey
 
 COILMQ = Path(sys.executable).with_name("coilmq")
 BROKEN = (
@@ -258,3 +261,32 @@ def test_named_in_the_configuration_it_connects_with_stomp_11_at_once(
     wait_converged([a, b])
     assert a.status()["broker_kind"] == "coilmq"
     assert "Virtual hosting is not supported" not in coilmq.text()[offset:]
+
+
+@pytest.mark.parametrize(
+    ("size", "least", "most"), [(10, 1, 1), (3_400, 1, 2), (3_700, 2, 2), (50_000, 14, 20)]
+)
+def test_parts_fit_the_frame_with_the_longest_names(size: int, least: int, most: int) -> None:
+    """Every frame as stomp.py writes it, headers escaped, fits coilmq's 4 KiB."""
+    branch, key = "b" * 64, NodeKey.generate()
+    destination = wire.node_queue("c" * 100, branch)
+    headers = {wire.CLIENTID: branch, wire.TYPE: wire.CATCHUP, wire.REQUEST_ID: "r" * 64}
+    body = b"[" + b"x" * size + b"]"
+    messages = parts.split(
+        body, headers, branch, key, frame_bytes=COILMQ_FRAME_BYTES, destination=destination
+    )
+    assert b"".join(piece for piece, _ in messages) == body
+    for piece, piece_headers in messages:
+        frame = stomp.utils.Frame(
+            "SEND",
+            {
+                **{k: v.replace(":", "\\c") for k, v in piece_headers.items()},
+                "destination": destination,
+                "content-type": wire.JSON,
+                "content-length": len(piece),
+                "receipt": uuid.uuid4().hex,
+            },
+            piece,
+        )
+        assert len(stomp.utils.pack(stomp.utils.convert_frame(frame))) <= COILMQ_FRAME_BYTES
+    assert least <= len(messages) <= most
