@@ -334,7 +334,11 @@ def test_unknown_name_in_overrides() -> None:
         ("replication_channels", ["a", "a"], "distinct channels"),
         ("send_stomp_ack", "false", "True or False"),
         ("send_stomp_ack", None, "True or False"),
-        ("replication_broker", "kafka", "one of 'activemq', 'rabbitmq', 'vesper' or None"),
+        (
+            "replication_broker",
+            "kafka",
+            "one of 'activemq', 'rabbitmq', 'vesper', 'coilmq' or None",
+        ),
         ("replication_broker", 1, "one of 'activemq'"),
         ("replication_queue_type", "stream", "one of 'classic', 'quorum'"),
         ("replication_login", 5, "a string or None"),

@@ -40,7 +40,7 @@ DEFAULT_API_MAX_CONNECTIONS: Final = 1000
 #: A bearer token shorter than this is refused: it could be guessed.
 MIN_API_TOKEN_CHARS: Final = 16
 
-BROKERS = ("activemq", "rabbitmq", "vesper")
+BROKERS = ("activemq", "rabbitmq", "vesper", "coilmq")
 QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_REPLICATION_QUEUE_TYPE: Final = "classic"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -331,7 +331,7 @@ VARIABLES: tuple[Variable, ...] = (
              "acknowledge each message once durably applied; False for brokers without ACK",
              "False", _check_bool),
     Variable("replication_broker", "str | None", None,
-             "broker product: 'activemq', 'rabbitmq' or 'vesper'; "
+             "broker product: 'activemq', 'rabbitmq', 'vesper' or 'coilmq'; "
              "None detects it from the CONNECTED frame",
              "'rabbitmq'", _choice(BROKERS, optional=True)),
     Variable("replication_queue_type", "str", DEFAULT_REPLICATION_QUEUE_TYPE,
@@ -524,7 +524,7 @@ class Settings:
     replication_channels: tuple[str, ...] | None = None
     indexes: tuple[str, ...] = ()
     send_stomp_ack: bool = DEFAULT_SEND_STOMP_ACK
-    replication_broker: Literal["activemq", "rabbitmq", "vesper"] | None = None
+    replication_broker: Literal["activemq", "rabbitmq", "vesper", "coilmq"] | None = None
     replication_queue_type: Literal["classic", "quorum"] = DEFAULT_REPLICATION_QUEUE_TYPE
     replication_login: str | None = None
     replication_passcode: str | None = field(default=None, repr=False)

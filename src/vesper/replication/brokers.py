@@ -12,16 +12,46 @@ from dataclasses import dataclass
 PREFETCH = 1000
 """Unacknowledged messages a broker may push to one subscription (flow control)."""
 
+COILMQ = "coilmq"
+COILMQ_FRAME_BYTES = 4096
+"""coilmq's frame parser reads 4 KiB at a time and takes the end of a read for the end
+of the frame's headers, or of its body when the final NUL byte is alone in the next
+read: it closes the connection then. A frame of at most 4 KiB, written once while
+coilmq has nothing else unread from this connection, arrives in one read (on loopback,
+or any link whose packets hold 4 KiB)."""
+COILMQ_REFUSES_12 = "Virtual hosting is not supported"
+"""coilmq's ERROR to a STOMP 1.2 CONNECT whose ``host`` is not the broker machine's
+fully qualified name: it speaks STOMP 1.1, which has no such check."""
+
 
 @dataclass(frozen=True)
 class BrokerProfile:
     name: str
-    """activemq, rabbitmq, vesper or unknown."""
+    """activemq, rabbitmq, vesper, coilmq or unknown."""
     server: str
     """The CONNECTED frame's ``server`` header, for status."""
     queue_type: str = "classic"
     """On RabbitMQ, the type of the durable queues this node declares:
     ``replication_queue_type`` (see ``rabbitmq_queue``)."""
+
+    @property
+    def max_frame_bytes(self) -> int | None:
+        """The largest frame, headers included, this broker takes (None: only the body
+        ceiling of ``parts.PART_BYTES`` applies)."""
+        return COILMQ_FRAME_BYTES if self.name == COILMQ else None
+
+    @property
+    def one_frame_in_flight(self) -> bool:
+        """Whether every frame must wait for the broker's RECEIPT of the one before:
+        coilmq fails on a frame that starts in the same read as the end of another."""
+        return self.name == COILMQ
+
+    @property
+    def durable_topics(self) -> bool:
+        """coilmq's topics keep nothing for a subscriber that is away and ignore
+        acknowledgements: its topic subscriptions are plain ones, acknowledged
+        automatically (catch-up brings what a node missed)."""
+        return self.name != COILMQ
 
     def durable_topic_headers(self, branch_id: str, channel: str) -> dict[str, str]:
         """SUBSCRIBE headers for this node's durable subscription to a channel topic.
@@ -38,6 +68,8 @@ class BrokerProfile:
         permission regex could keep a user of one channel off another channel's
         queues. Branch ids hold no ``.`` or ``~``, so this never names a node queue.
         """
+        if self.name == COILMQ:
+            return {}
         headers = {"activemq.prefetchSize": str(PREFETCH), "prefetch-count": str(PREFETCH)}
         if self.name in ("activemq", "unknown"):
             headers["activemq.subscriptionName"] = f"vesper-{channel}-{branch_id}"
@@ -79,7 +111,10 @@ class BrokerProfile:
 
     def queue_headers(self) -> dict[str, str]:
         # Queues are durable on every broker by default (RabbitMQ declares /queue/
-        # destinations durable and not auto-deleted).
+        # destinations durable and not auto-deleted). coilmq keeps a queue's messages
+        # (in memory) and sends a client-acknowledged subscription one at a time.
+        if self.name == COILMQ:
+            return {}
         headers = {"activemq.prefetchSize": str(PREFETCH), "prefetch-count": str(PREFETCH)}
         return {**headers, **self.rabbitmq_queue()}
 
@@ -109,10 +144,22 @@ def detect(server: str | None, configured: str | None = None) -> BrokerProfile:
     if configured:
         return BrokerProfile(configured, server)
     lowered = server.lower()
-    for name in ("activemq", "rabbitmq", "vesper"):
+    for name in ("activemq", "rabbitmq", "vesper", COILMQ):
         if lowered.startswith(name):
             return BrokerProfile(name, server)
     return BrokerProfile("unknown", server)
+
+
+def stomp_version(configured: str | None) -> str:
+    """The STOMP version to speak before the broker is known: 1.2, but 1.1 to coilmq
+    (named in ``replication_broker``, or after it refused 1.2)."""
+    return "1.1" if configured == COILMQ else "1.2"
+
+
+def heartbeats(configured: str | None, heartbeat_ms: int) -> int:
+    """The heart-beat interval to ask for: none from coilmq, whose parser stalls on a
+    heart-beat's lone end of line (a dead connection is then noticed by TCP alone)."""
+    return 0 if configured == COILMQ else heartbeat_ms
 
 
 def subscription_queue(channel: str, branch_id: str) -> str:

@@ -445,6 +445,16 @@ class AntiEntropy:
             {wire.CLIENTID: self._branch_id, wire.TYPE: wire.REQUEST},
         )
 
+    def on_part(self, headers: dict[str, str]) -> None:
+        """A signed part of a catch-up answer was kept (apply worker thread): the
+        answer is streaming. On a broker with small frames (coilmq: 4 KiB) one large
+        changeset comes in thousands of parts, for longer than REQUEST_TIMEOUT_S; asked
+        again meanwhile, peers would send it again and again at once."""
+        with self._lock:
+            req = self.request
+            if req is not None and headers.get(wire.REQUEST_ID) == req.request_id:
+                req.last_progress = time.monotonic()
+
     def on_catchup(self, headers: dict[str, str], applied: int) -> None:
         """A catch-up batch was applied (apply worker thread): acknowledge it to its
         answerer, which sends more only then."""

@@ -4,6 +4,11 @@ stomp.py neither reconnects nor re-subscribes by itself, and calls listeners on 
 receiver thread, where nothing may block (waiting for a receipt there deadlocks). So
 this class only translates: frames go to the callbacks given, which must hand work to
 other threads; the replication service decides when to reconnect.
+
+A broker whose profile wants one frame in flight (coilmq) gets every frame with a
+``receipt`` header, and the next frame only once that RECEIPT is back, whichever thread
+sends it; a RECEIPT that does not come within ``FRAME_RECEIPT_TIMEOUT_S`` ends the
+connection (so do not call ``send`` or ``ack`` from a stomp.py callback).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import logging
 import socket
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,13 +26,24 @@ import stomp
 import stomp.exception
 
 from vesper.replication import wire
-from vesper.replication.brokers import BrokerProfile, client_id, detect
+from vesper.replication.brokers import (
+    COILMQ,
+    COILMQ_REFUSES_12,
+    BrokerProfile,
+    client_id,
+    detect,
+    heartbeats,
+    stomp_version,
+)
 from vesper.replication.tls import BrokerTls
 from vesper.replication.transport import Delivery, Link, LinkError
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
+FRAME_RECEIPT_TIMEOUT_S = 10.0
+"""With one frame in flight: how long a frame's RECEIPT may take before the connection
+is taken for stalled."""
 
 
 class StompLink(stomp.ConnectionListener):
@@ -59,10 +76,24 @@ class StompLink(stomp.ConnectionListener):
         self._lost = False
         self._acked_subscriptions: set[str] = set()
         self._connected_frame = threading.Event()
+        self._heartbeat_ms = heartbeat_ms
+        self._gate = threading.Lock()
+        """Held from writing a frame until its RECEIPT (one frame in flight)."""
+        self._awaited: str | None = None
+        self._forward_awaited = False
+        self._answered = threading.Event()
         self.profile: BrokerProfile | None = None
         self.error: str | None = None
-        self.conn = stomp.Connection12(
-            host_and_ports=[host],
+        self.tls = tls
+        self.version = stomp_version(broker)
+        self.conn = self._connection(self.version, heartbeats(broker, heartbeat_ms))
+
+    def _connection(
+        self, version: str, heartbeat_ms: int
+    ) -> stomp.Connection11 | stomp.Connection12:
+        make = stomp.Connection11 if version == "1.1" else stomp.Connection12
+        conn = make(
+            host_and_ports=[self.host],
             reconnect_attempts_max=1,
             timeout=CONNECT_TIMEOUT_S,
             heartbeats=(heartbeat_ms, heartbeat_ms),
@@ -70,18 +101,32 @@ class StompLink(stomp.ConnectionListener):
             vhost="/",
             auto_decode=False,
         )
-        self.tls = tls
-        if tls is not None:
-            self.conn.set_ssl(
-                for_hosts=[host],
-                ca_certs=tls.ca_file,
-                cert_file=tls.cert_file,
-                key_file=tls.key_file,
-                verify=tls.verify,
+        if self.tls is not None:
+            conn.set_ssl(
+                for_hosts=[self.host],
+                ca_certs=self.tls.ca_file,
+                cert_file=self.tls.cert_file,
+                key_file=self.tls.key_file,
+                verify=self.tls.verify,
             )
-        self.conn.set_listener("vesper", self)
+        conn.set_listener("vesper", self)
+        return conn
 
     def connect(self) -> BrokerProfile:
+        try:
+            self._connect_frame()
+        except LinkError:
+            if self.version != "1.2" or COILMQ_REFUSES_12 not in (self.error or ""):
+                raise
+            # coilmq, not named in replication_broker: it takes STOMP 1.1, without
+            # heart-beats, which its parser cannot take.
+            log.info("%s refuses STOMP 1.2 as coilmq does: connecting with 1.1", self.address)
+            self.version, self.error, self._lost = "1.1", None, False
+            self.conn = self._connection("1.1", heartbeats(COILMQ, self._heartbeat_ms))
+            self._connect_frame()
+        return self._connected()
+
+    def _connect_frame(self) -> None:
         try:
             self.conn.connect(
                 self._login,
@@ -95,6 +140,8 @@ class StompLink(stomp.ConnectionListener):
             if self.error is None and self.tls is not None:
                 reason = self.tls.diagnose(self.host, CONNECT_TIMEOUT_S) or reason
             raise LinkError(reason) from None
+
+    def _connected(self) -> BrokerProfile:
         # stomp.py leaves Nagle's algorithm on: a lone small SEND then waits for the
         # broker's delayed ACK (40 ms on Linux), which was most of the replication lag.
         with contextlib.suppress(OSError, AttributeError):
@@ -121,6 +168,8 @@ class StompLink(stomp.ConnectionListener):
         if kind == wire.CHANGESETS:
             destination = wire.topic(channel)
             headers = self.profile.durable_topic_headers(self._branch_id, channel)
+            if not self.profile.durable_topics:
+                ack = "auto"  # nothing would be redelivered: an ACK is a wasted frame
         elif kind == wire.ANNOUNCE:
             # Announcements are only useful live: a plain subscription.
             destination, ack = wire.sync_topic(channel), "auto"
@@ -128,35 +177,95 @@ class StompLink(stomp.ConnectionListener):
         else:
             destination = wire.node_queue(channel, self._branch_id)
             headers = self.profile.queue_headers()
-        self.conn.subscribe(destination, sub_id, ack=ack, headers=headers)
+        self._frame(
+            lambda r: self.conn.subscribe(
+                destination, sub_id, ack=ack, headers={**headers, **_receipt(r)}
+            )
+        )
         if ack != "auto":
             self._acked_subscriptions.add(sub_id)
 
     def send(
         self, destination: str, body: bytes, headers: dict[str, str], receipt: str | None = None
     ) -> None:
-        if receipt is not None:
-            headers = {**headers, "receipt": receipt}
         if self.profile is not None:
             headers = {**headers, **self.profile.send_headers(destination)}
         try:
-            self.conn.send(destination, body, content_type="application/json", headers=headers)
+            self._frame(
+                lambda r: self.conn.send(
+                    destination,
+                    body,
+                    content_type="application/json",
+                    headers={**headers, **_receipt(r)},
+                ),
+                receipt,
+            )
         except (stomp.exception.StompException, OSError) as exc:
             raise LinkError(f"{self.address}: send failed: {type(exc).__name__}: {exc}") from None
 
     def ack(self, headers: dict[str, str]) -> None:
-        if headers.get("subscription") not in self._acked_subscriptions:
+        subscription = headers.get("subscription")
+        if subscription not in self._acked_subscriptions:
             return  # an auto-acknowledged subscription: an ACK would be an error
-        # STOMP 1.2: ACK carries the MESSAGE's ``ack`` header as its id.
-        self.conn.ack(headers.get("ack") or headers["message-id"])
+        if self.version == "1.1":
+            message_id = headers["message-id"]
+            self._frame(lambda r: self.conn.ack(message_id, subscription, receipt=r))
+        else:
+            # STOMP 1.2: ACK carries the MESSAGE's ``ack`` header as its id.
+            ack_id = headers.get("ack") or headers["message-id"]
+            self._frame(lambda r: self.conn.ack(ack_id, receipt=r))
+
+    def _frame(self, write: Callable[[str | None], None], receipt: str | None = None) -> None:
+        """Write one frame: ``write(receipt)`` puts the receipt header (None: none) on
+        it. With one frame in flight every frame gets one, and this returns once the
+        RECEIPT is back; a receipt the caller asked for still reaches ``on_receipt``."""
+        if self.profile is None or not self.profile.one_frame_in_flight:
+            write(receipt)
+            return
+        with self._gate:
+            if self._lost:
+                raise LinkError(f"{self.address}: {self.error or 'disconnected'}")
+            self._answered.clear()
+            self._awaited = receipt or uuid.uuid4().hex
+            self._forward_awaited = receipt is not None
+            write(self._awaited)
+            # coilmq writes the RECEIPT right after another frame (the echo of a SEND to
+            # a topic this node reads, the next message of a queue after an ACK) with
+            # Nagle's algorithm on: it waits for this side's ACK of the first, which
+            # Linux delays by 40 ms unless told to send it now (no such option elsewhere).
+            with contextlib.suppress(OSError, AttributeError):
+                self.conn.transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            if self._answered.wait(FRAME_RECEIPT_TIMEOUT_S) and self._awaited is None:
+                return
+            self._awaited = None
+            problem = self.error or (
+                "disconnected"
+                if self._lost
+                else f"no RECEIPT within {FRAME_RECEIPT_TIMEOUT_S:.0f} s: the broker stalled"
+            )
+            # Still holding the gate: close() writes no DISCONNECT behind this frame.
+            self._lost_once()
+            self.close()
+        raise LinkError(f"{self.address}: {problem}")
 
     def close(self) -> None:
+        # With one frame in flight, a DISCONNECT written while another frame awaits its
+        # RECEIPT could reach the broker in the same read as that frame's end: the
+        # socket is merely closed then.
+        gated = self.profile is not None and self.profile.one_frame_in_flight
+        polite = not gated or self._gate.acquire(blocking=False)
         self._lost = True
+        self._answered.set()
         try:
-            if self.conn.is_connected():
+            if polite and self.conn.is_connected():
                 self.conn.disconnect()
+            elif not polite:
+                self.conn.transport.disconnect_socket()
         except Exception:
             pass
+        finally:
+            if gated and polite:
+                self._gate.release()
         with contextlib.suppress(Exception):
             self.conn.transport.stop()
 
@@ -173,6 +282,11 @@ class StompLink(stomp.ConnectionListener):
 
     def on_receipt(self, frame: Any) -> None:
         receipt = frame.headers.get("receipt-id")
+        if receipt and receipt == self._awaited:
+            self._awaited = None
+            self._answered.set()
+            if not self._forward_awaited:
+                return  # asked for by _frame only
         if receipt:
             self._on_receipt(receipt)
 
@@ -180,7 +294,12 @@ class StompLink(stomp.ConnectionListener):
         message = frame.headers.get("message", "")
         body = frame.body.decode(errors="replace") if isinstance(frame.body, bytes) else ""
         self.error = f"broker error: {message} {body.strip()[:200]}".strip()
-        log.warning("%s: %s", self.address, self.error)
+        # coilmq's refusal of STOMP 1.2 is answered by connecting again with 1.1.
+        refused_12 = self.profile is None and COILMQ_REFUSES_12 in message
+        log.log(
+            logging.DEBUG if refused_12 else logging.WARNING, "%s: %s", self.address, self.error
+        )
+        self._answered.set()  # a frame in flight failed: no RECEIPT will come
 
     def on_disconnected(self) -> None:
         self._lost_once()
@@ -190,6 +309,11 @@ class StompLink(stomp.ConnectionListener):
         self._lost_once()
 
     def _lost_once(self) -> None:
+        self._answered.set()
         if not self._lost:
             self._lost = True
             self._on_lost(self)
+
+
+def _receipt(receipt: str | None) -> dict[str, str]:
+    return {"receipt": receipt} if receipt is not None else {}

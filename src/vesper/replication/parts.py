@@ -22,6 +22,9 @@ handled as if it had come in one message (its changesets' signatures and chains 
 as always); the parts are deleted once it is applied. A set left incomplete (its sender
 died half-way; it sends the message again, in the same parts, after restarting) is
 dropped after ``STALE_S``.
+
+A broker with a ceiling on whole frames, headers included (coilmq: 4 KiB), gets parts cut
+to fit it, headers at their longest counted (``split``'s ``frame_bytes``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from vesper.errors import ConfigError
 from vesper.history.changeset import MAX_CHANGESET_BYTES
+from vesper.replication import wire
 from vesper.replication.transport import Delivery
 from vesper.storage.database import Database
 from vesper.trust.keys import NodeKey
@@ -58,6 +63,8 @@ MAX_HELD_BYTES = 2 * MAX_MESSAGE_BYTES
 """Parts kept at most; past it the oldest incomplete sets make room (their changesets
 come again with catch-up)."""
 STALE_S = 24 * 3600.0
+SWEEP_S = 60.0
+"""How often sets gone stale are looked for."""
 
 
 class PartRefused(Exception):
@@ -69,12 +76,74 @@ class PartRefused(Exception):
         self.detail = detail
 
 
+RECEIPT_CHARS = 32
+"""A receipt id as the sender and the link make them (``uuid4().hex``)."""
+SIG_CHARS = 86
+"""An Ed25519 signature in unpadded base64url."""
+MIN_FRAME_ROOM = 256
+"""Fewer body bytes per frame than this would make parts mostly headers."""
+
+
+def frame_overhead(headers: dict[str, str], destination: str, body_bytes: int) -> int:
+    """The bytes of a SEND frame besides its body, as the link writes it: the command,
+    ``headers`` (escaped as STOMP 1.1 wants), the destination, content type and length,
+    a receipt, the blank line and the final NUL."""
+    written = {
+        **headers,
+        "destination": destination,
+        "content-type": wire.JSON,
+        "content-length": str(body_bytes),
+        "receipt": "0" * RECEIPT_CHARS,
+    }
+    return len(b"SEND\n\n\x00") + sum(
+        len(f"{name}:{_escaped(value)}\n".encode()) for name, value in written.items()
+    )
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c")
+
+
 def split(
-    body: bytes, headers: dict[str, str], signer: str, key: NodeKey, limit: int | None = None
+    body: bytes,
+    headers: dict[str, str],
+    signer: str,
+    key: NodeKey,
+    limit: int | None = None,
+    *,
+    frame_bytes: int | None = None,
+    destination: str = "",
 ) -> list[tuple[bytes, dict[str, str]]]:
     """The messages that carry ``body``: itself when it fits in ``limit`` (default
-    PART_BYTES), else its signed parts."""
+    PART_BYTES) and, with ``frame_bytes``, in one frame to ``destination``; else its
+    signed parts, each cut to fit both."""
     limit = limit or PART_BYTES
+    if (
+        frame_bytes is not None
+        and len(body) + frame_overhead(headers, destination, len(body)) > frame_bytes
+    ):
+        longest = {
+            **headers,
+            PART: f"{MAX_MESSAGE_BYTES}/{MAX_MESSAGE_BYTES}",
+            PART_OF: "0" * 64,
+            PART_BYTES_HEADER: str(MAX_MESSAGE_BYTES),
+            PART_HASH: "0" * 64,
+            PART_SIGNER: signer,
+            PART_KEY: key.public,
+            PART_SIG: "0" * SIG_CHARS,
+        }
+        limit = min(limit, frame_bytes - frame_overhead(longest, destination, frame_bytes))
+        if limit < MIN_FRAME_ROOM:
+            raise ConfigError(
+                f"messages to {destination} leave {limit} bytes for a part's body in the "
+                f"broker's {frame_bytes}-byte frames: choose a shorter channel name"
+            )
+    return _cut(body, headers, signer, key, limit)
+
+
+def _cut(
+    body: bytes, headers: dict[str, str], signer: str, key: NodeKey, limit: int
+) -> list[tuple[bytes, dict[str, str]]]:
     if len(body) <= limit:
         return [(body, headers)]
     whole = hashlib.sha256(body).hexdigest()
@@ -124,11 +193,21 @@ class Whole:
 
 
 class PartStore:
-    """The parts received so far (apply worker thread only)."""
+    """The parts received so far (apply worker thread only).
+
+    How many parts of each set are kept, and their bytes, are also counted in memory:
+    a broker with small frames (coilmq) brings a large message in thousands of parts,
+    and counting them again in SQLite for each one made a 15 MB message cost 5 ms a
+    part (23 s), growing with its size."""
 
     def __init__(self, db: Database, verifier: Verifier) -> None:
         self._db = db
         self._verifier = verifier
+        self._have: dict[tuple[str, int], int] = {}
+        """(set, count) -> its parts kept, for the sets seen since this store opened."""
+        self._held: int | None = None
+        """Bytes of parts kept (None: to be read from the table)."""
+        self._swept = float("-inf")
 
     def add(self, delivery: Delivery) -> Whole | None:
         """Keep a part durably; the whole message once its last part is here. Raises
@@ -145,22 +224,29 @@ class PartStore:
         if problem is not None:
             raise PartRefused(problem[0], f"part {index}/{count} of {whole[:16]}: {problem[1]}")
         now = time.time()
+        if now - self._swept >= SWEEP_S:
+            self._sweep(now)
+        key = (whole, count)
+        # Unknown until the transaction commits: a failed one leaves them to be read.
+        held, self._held = self._held, None
+        have = self._have.pop(key, None)
         with self._db.write() as conn:
-            conn.execute(
-                "DELETE FROM message_parts WHERE set_id IN (SELECT set_id FROM message_parts"
-                " GROUP BY set_id HAVING max(received) < ?)",
-                (now - STALE_S,),
-            )
-            self._make_room(conn, len(delivery.body), whole)
-            conn.execute(
+            held = self._make_room(conn, len(delivery.body), whole, held)
+            inserted = conn.execute(
                 "INSERT OR IGNORE INTO message_parts(set_id, idx, count, received, body)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (whole, index, count, now, delivery.body),
-            )
-            have = conn.execute(
-                "SELECT count(*) FROM message_parts WHERE set_id = ? AND count = ?",
-                (whole, count),
-            ).fetchone()[0]
+            ).rowcount
+            held += len(delivery.body) * inserted
+            if have is None:
+                have = conn.execute(
+                    "SELECT count(*) FROM message_parts WHERE set_id = ? AND count = ?",
+                    (whole, count),
+                ).fetchone()[0]
+            else:
+                have += inserted
+        self._held = held
+        self._have[key] = have
         if have < count:
             return None
         body = b"".join(
@@ -176,12 +262,26 @@ class PartStore:
         rest = {k: v for k, v in headers.items() if k not in HEADERS}
         return Whole(Delivery(rest, body, delivery.generation), whole)
 
-    def _make_room(self, conn: sqlite3.Connection, size: int, keep: str) -> None:
-        held = conn.execute("SELECT coalesce(sum(length(body)), 0) FROM message_parts").fetchone()[
-            0
-        ]
+    def _sweep(self, now: float) -> None:
+        """Drop the sets that got no part for STALE_S."""
+        with self._db.write() as conn:
+            conn.execute(
+                "DELETE FROM message_parts WHERE set_id IN (SELECT set_id FROM message_parts"
+                " GROUP BY set_id HAVING max(received) < ?)",
+                (now - STALE_S,),
+            )
+        self._forget(None)
+        self._swept = now
+
+    def _make_room(self, conn: sqlite3.Connection, size: int, keep: str, held: int | None) -> int:
+        """Delete the oldest other sets until ``size`` more bytes fit; the bytes held
+        then."""
+        if held is None:
+            held = conn.execute(
+                "SELECT coalesce(sum(length(body)), 0) FROM message_parts"
+            ).fetchone()[0]
         if held + size <= MAX_HELD_BYTES:
-            return
+            return held
         oldest = conn.execute(
             "SELECT set_id FROM message_parts WHERE set_id != ? GROUP BY set_id"
             " ORDER BY max(received)",
@@ -191,9 +291,21 @@ class PartStore:
             freed = conn.execute(
                 "DELETE FROM message_parts WHERE set_id = ? RETURNING length(body)", (set_id,)
             ).fetchall()
+            self._forget([set_id])
             held -= sum(n for (n,) in freed)
             if held + size <= MAX_HELD_BYTES:
-                return
+                return held
+        return held
+
+    def _forget(self, set_ids: list[str] | None) -> None:
+        """Drop the counts of these sets (None: of all, and the bytes held)."""
+        if set_ids is None:
+            self._have.clear()
+            self._held = None
+            return
+        gone = set(set_ids)
+        for key in [k for k in self._have if k[0] in gone]:
+            del self._have[key]
 
     def discard(self, set_ids: list[str]) -> None:
         """Delete the parts of messages handled (or refused)."""
@@ -202,6 +314,8 @@ class PartStore:
                 conn.executemany(
                     "DELETE FROM message_parts WHERE set_id = ?", [(s,) for s in set_ids]
                 )
+            self._forget(set_ids)
+            self._held = None
 
     @property
     def held(self) -> tuple[int, int]:

@@ -221,6 +221,10 @@ class ApplyWorker:
                     self._reject(delivery, exc.reason, exc.detail)
                     continue
                 if whole is None:
+                    if delivery.headers.get(wire.TYPE) == wire.CATCHUP:
+                        route = self._routes.get(delivery.headers.get("subscription", ""))
+                        if route is not None and route[0] == wire.REQUEST:
+                            self._anti_entropy[route[1]].on_part(delivery.headers)
                     continue  # kept; acknowledged with the batch
                 reassembled.append(whole.set_id)
                 delivery = whole.delivery

@@ -90,6 +90,9 @@ class OutboxSender:
         self._commits_sent = 0
         """``_commits`` when the last send began."""
         self._thread: threading.Thread | None = None
+        self.frame_bytes: int | None = None
+        """The connected broker's ceiling on a whole frame (coilmq), set by the
+        replication service when it connects: messages are packed, or cut, to fit."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vesper-sender", daemon=True)
@@ -193,7 +196,7 @@ class OutboxSender:
             rows = self._store.outbox_peek(limit=room * BATCH_CHANGESETS, after_seq=self._sent_upto)
             if not rows:
                 return
-            for batch in _batches(rows):
+            for batch in _batches(rows, self._body_room()):
                 self._send_batch(link, batch)
                 self._sent_upto = batch[-1][0]
             self._sent_at = time.monotonic()
@@ -222,13 +225,14 @@ class OutboxSender:
         receipt = uuid.uuid4().hex
         with self._lock:
             self._in_flight[receipt] = [seq for seq, _ in batch]
-        headers = {
-            wire.CLIENTID: self._branch_id,
-            "persistent": "true",
-            wire.TYPE: wire.CHANGESETS,
-            **self._expiry_headers(),
-        }
-        messages = parts.split(body, headers, self._branch_id, self._key)
+        messages = parts.split(
+            body,
+            self._headers(),
+            self._branch_id,
+            self._key,
+            frame_bytes=self.frame_bytes,
+            destination=self._longest_topic(),
+        )
         try:
             for channel in self._channels:
                 for i, (piece, piece_headers) in enumerate(messages, 1):
@@ -246,21 +250,43 @@ class OutboxSender:
         self._stats.messages_sent += len(messages)
         self._stats.changesets_sent += len(batch)
 
+    def _headers(self) -> dict[str, str]:
+        return {
+            wire.CLIENTID: self._branch_id,
+            "persistent": "true",
+            wire.TYPE: wire.CHANGESETS,
+            **self._expiry_headers(),
+        }
+
+    def _longest_topic(self) -> str:
+        return wire.topic(max(self._channels, key=len))
+
+    def _body_room(self) -> int:
+        """Bytes of changesets a message may gather: with a frame ceiling, what one
+        frame holds besides its headers and the signature the last changeset gets."""
+        if self.frame_bytes is None:
+            return BATCH_BYTES
+        signature = len(',"key":"","sig":""') + len(self._key.public) + parts.SIG_CHARS
+        headers = parts.frame_overhead(self._headers(), self._longest_topic(), self.frame_bytes)
+        return min(BATCH_BYTES, self.frame_bytes - headers - signature)
+
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 
 
-def _batches(rows: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+def _batches(rows: list[tuple[int, str]], max_bytes: int) -> list[list[tuple[int, str]]]:
+    """Rows in messages of at most BATCH_CHANGESETS and ``max_bytes`` as a JSON array
+    (one comma or bracket counted per row)."""
     out: list[list[tuple[int, str]]] = []
     current: list[tuple[int, str]] = []
-    size = 0
+    size = 1
     for row in rows:
-        if current and (len(current) >= BATCH_CHANGESETS or size + len(row[1]) > BATCH_BYTES):
+        if current and (len(current) >= BATCH_CHANGESETS or size + len(row[1]) + 1 > max_bytes):
             out.append(current)
-            current, size = [], 0
+            current, size = [], 1
         current.append(row)
-        size += len(row[1])
+        size += len(row[1]) + 1
     if current:
         out.append(current)
     return out

@@ -380,7 +380,15 @@ class ReplicationService:
         link = self._link
         if link is None or not link.connected:
             return
-        for piece, piece_headers in parts.split(body, headers, self.config.branch_id, self.key):
+        frame_bytes = self.profile.max_frame_bytes if self.profile else None
+        for piece, piece_headers in parts.split(
+            body,
+            headers,
+            self.config.branch_id,
+            self.key,
+            frame_bytes=frame_bytes,
+            destination=destination,
+        ):
             link.send(destination, piece, piece_headers)
             self.stats.messages_sent += 1
 
@@ -496,6 +504,7 @@ class ReplicationService:
             return problem
         self._client_id_taken_since = None
         self.profile = profile
+        self.sender.frame_bytes = profile.max_frame_bytes
         self._link = link
         self._connected_at = time.monotonic()
         self._disconnected_since = self._disconnected_at = None
