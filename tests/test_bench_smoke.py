@@ -44,3 +44,8 @@ def test_trust_bench_quick_runs() -> None:
 def test_access_bench_quick_runs() -> None:
     out = run("access_bench.py", "--quick")
     assert "writes/s" in out and "docs/s" in out and "idle connections the node closed" in out
+
+
+def test_tree_bench_quick_runs_on_the_embedded_broker() -> None:
+    out = run("tree_bench.py", "--quick")
+    assert "at every other node" in out and "embedded" in out
