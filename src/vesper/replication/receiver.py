@@ -437,6 +437,8 @@ class ApplyWorker:
                     continue
                 cs = parse_changeset(body)
             by_source.setdefault(sources.get(cs_id), []).append(cs)
+        for source, group in list(by_source.items()):
+            by_source[source] = _covered(group, [given.get(i) for i in applied])
         for source, group in by_source.items():
             try:
                 self._relay(group, source)
@@ -521,3 +523,34 @@ class ApplyWorker:
 def _counter_above(changeset_id: object, counter: int) -> bool:
     _, _, text = str(changeset_id).rpartition(".")
     return text.isdigit() and int(text) > counter
+
+
+def _covered(group: list[Changeset], applied: list[Changeset | None]) -> list[Changeset]:
+    """``group`` with, for each origin, the applied changesets up to the next signed one.
+
+    A changeset covered by a later one's signature (the verifier keeps it without its
+    own) is valid only in a message that also carries its chain up to that signature.
+    The deliveries of one batch may come by several channels, so the run of one origin
+    can be split between the groups relayed to different channels: each group gets
+    back the rest of its runs, which the channels that had them drop as duplicates.
+    """
+    runs: dict[str, list[Changeset]] = {}
+    for cs in applied:
+        if cs is not None:
+            runs.setdefault(cs.origin, []).append(cs)
+    out: list[Changeset] = []
+    by_origin: dict[str, list[Changeset]] = {}
+    for cs in group:
+        by_origin.setdefault(cs.origin, []).append(cs)
+    for origin, mine in by_origin.items():
+        run = runs.get(origin, [])
+        ids = [cs.id for cs in run]
+        if mine[0].id not in ids:
+            out.extend(mine)  # released from pending: not part of this batch's runs
+            continue
+        start = ids.index(mine[0].id)
+        end = max(ids.index(cs.id) for cs in mine if cs.id in ids)
+        while end + 1 < len(run) and not run[end].signed:
+            end += 1
+        out.extend(run[start : end + 1])
+    return out

@@ -555,13 +555,19 @@ class ReplicationService:
         changeset once, so nothing loops; a lost relay is repaired by catch-up, since
         the hub announces the relayed changesets on every channel."""
         by_origin: dict[str, list[bytes]] = {}
-        for cs in changesets:
-            by_origin.setdefault(cs.origin, []).append(cs.encode())
+        for origin, run in _runs(changesets).items():
+            if run:
+                by_origin[origin] = [cs.encode() for cs in run]
         for channel in self.config.channels:
             if channel == source:
                 continue
             for origin, bodies in by_origin.items():
-                headers = {wire.CLIENTID: origin, "persistent": "true", wire.TYPE: wire.CHANGESETS}
+                headers = {
+                    wire.CLIENTID: origin,
+                    "persistent": "true",
+                    wire.TYPE: wire.CHANGESETS,
+                    **self._expiry_headers(),
+                }
                 self._send(wire.topic(channel), b"[" + b",".join(bodies) + b"]", headers)
 
     def _on_lost(self, link: Link) -> None:
@@ -713,3 +719,28 @@ def _client_id_taken(error: str) -> bool:
     (the embedded broker: "... is in use"; ActiveMQ: "... already connected")."""
     lowered = error.lower()
     return "client" in lowered and ("in use" in lowered or "already connected" in lowered)
+
+
+def _runs(changesets: list[Changeset]) -> dict[str, list[Changeset]]:
+    """Each origin's changesets that a message can carry: those signed, and those that
+    the next one chains onto, up to a signed one. An unsigned tail (its signature is
+    on a changeset still pending here) is left out rather than sent to be refused as
+    unsigned: the receivers fetch it by catch-up, from this hub's announcements."""
+    by_origin: dict[str, list[Changeset]] = {}
+    for cs in changesets:
+        by_origin.setdefault(cs.origin, []).append(cs)
+    out: dict[str, list[Changeset]] = {}
+    for origin, run in by_origin.items():
+        keep: list[Changeset] = []
+        covered = False
+        for i in range(len(run) - 1, -1, -1):
+            cs = run[i]
+            follows = i + 1 < len(run) and run[i + 1].counter == cs.counter + 1
+            # Format 1 has neither chain nor signature: relayed as it always was.
+            legacy = cs.prev is None and not cs.signed
+            chained = follows and run[i + 1].prev == cs.hash
+            covered = cs.signed or legacy or (covered and chained)
+            if covered:
+                keep.append(cs)
+        out[origin] = keep[::-1]
+    return out
