@@ -30,7 +30,9 @@ node_env() { # INDEX NAME: the environment of node INDEX
         RABBITMQ_MNESIA_BASE="$n/mnesia" RABBITMQ_LOG_BASE="$n/log"
         RABBITMQ_PID_FILE="$n/rabbitmq.pid" RABBITMQ_CONFIG_FILE="$n/rabbitmq.conf"
         RABBITMQ_ENABLED_PLUGINS_FILE="$n/enabled_plugins"
-        RABBITMQ_FEATURE_FLAGS_FILE="$n/feature_flags")
+        RABBITMQ_FEATURE_FLAGS_FILE="$n/feature_flags"
+        # Idle Erlang schedulers spin: three nodes would take the CPU of a test machine.
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none")
     if [ -n "${3:-}" ]; then
         env_vars+=(RABBITMQ_NODE_PORT=$(($3 + 1)) RABBITMQ_DIST_PORT=$(($3 + 2)))
     fi

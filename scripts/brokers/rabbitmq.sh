@@ -27,6 +27,9 @@ export RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log"
 export RABBITMQ_PID_FILE="$dir/rabbitmq.pid" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf"
 export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
 export RABBITMQ_FEATURE_FLAGS_FILE="$dir/feature_flags" HOME="$dir"
+# Erlang's schedulers spin while idle, which takes CPU from everything else on a small
+# test machine (several RabbitMQ nodes at once); a production broker may keep them.
+export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none"
 as_rabbit() {
     if [ "$(id -un)" = rabbitmq ]; then "$@"; else
         runuser -u rabbitmq -- env RABBITMQ_NODENAME="$RABBITMQ_NODENAME" \
@@ -34,6 +37,7 @@ as_rabbit() {
             RABBITMQ_PID_FILE="$RABBITMQ_PID_FILE" RABBITMQ_CONFIG_FILE="$RABBITMQ_CONFIG_FILE" \
             RABBITMQ_ENABLED_PLUGINS_FILE="$RABBITMQ_ENABLED_PLUGINS_FILE" \
             RABBITMQ_FEATURE_FLAGS_FILE="$RABBITMQ_FEATURE_FLAGS_FILE" \
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS" \
             RABBITMQ_NODE_PORT="${RABBITMQ_NODE_PORT:-}" \
             RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-}" HOME="$HOME" "$@"
     fi
