@@ -28,8 +28,6 @@ import stomp.utils
 from tests.replication.harness import Node, new_channel, wait_converged, wait_for
 from vesper.replication import parts, wire
 from vesper.replication.brokers import COILMQ_FRAME_BYTES
-from vesper.replication.service import ReplicationConfig, ReplicationService
-from vesper.store import open_store
 from vesper.trust.keys import NodeKey
 
 COILMQ = Path(sys.executable).with_name("coilmq")
@@ -134,9 +132,9 @@ def nodes(coilmq: CoilMQ, send_ack: bool, tmp_path: Path) -> Iterator[Callable[.
     channel = new_channel()
     made: list[Node] = []
 
-    def make(branch: str, node_class: type[Node] = Node) -> Node:
-        node = node_class(
-            branch, [(coilmq.host, coilmq.port)], channel, tmp_path, send_ack=send_ack
+    def make(branch: str, **options: object) -> Node:
+        node = Node(
+            branch, [(coilmq.host, coilmq.port)], channel, tmp_path, send_ack=send_ack, **options
         )
         made.append(node.start())
         return node
@@ -233,30 +231,12 @@ def test_a_node_away_or_started_later_catches_up(nodes: Callable[..., Node]) -> 
     assert b.status()["catchup_changesets_received"] > 0
 
 
-class NamedCoilMQNode(Node):
-    """A node whose configuration names its broker: ``replication_broker = 'coilmq'``."""
-
-    def start(self) -> Node:
-        self.store = open_store(self.url, self.branch, save_history=True, outbox=True)
-        config = ReplicationConfig(
-            self.branch,
-            tuple(self.hosts),
-            self.channels,
-            send_ack=self.send_ack,
-            broker="coilmq",
-            key=self.key,
-        )
-        self.service = ReplicationService(self.store, config)
-        self.service.start()
-        self.service.wait_started()
-        return self
-
-
 def test_named_in_the_configuration_it_connects_with_stomp_11_at_once(
     coilmq: CoilMQ, nodes: Callable[..., Node]
 ) -> None:
     offset = len(coilmq.text())
-    a, b = nodes("A", NamedCoilMQNode), nodes("B", NamedCoilMQNode)
+    # replication_broker = 'coilmq': the node speaks STOMP 1.1 from its first CONNECT.
+    a, b = nodes("A", broker="coilmq"), nodes("B", broker="coilmq")
     a.s.create({"id": "hello"})
     wait_converged([a, b])
     assert a.status()["broker_kind"] == "coilmq"

@@ -535,21 +535,24 @@ def _covered(group: list[Changeset], applied: list[Changeset | None]) -> list[Ch
     back the rest of its runs, which the channels that had them drop as duplicates.
     """
     runs: dict[str, list[Changeset]] = {}
+    place: dict[str, int] = {}
+    """Each applied changeset's index in its origin's run."""
     for cs in applied:
         if cs is not None:
-            runs.setdefault(cs.origin, []).append(cs)
+            run = runs.setdefault(cs.origin, [])
+            place[cs.id] = len(run)
+            run.append(cs)
     out: list[Changeset] = []
     by_origin: dict[str, list[Changeset]] = {}
     for cs in group:
         by_origin.setdefault(cs.origin, []).append(cs)
     for origin, mine in by_origin.items():
-        run = runs.get(origin, [])
-        ids = [cs.id for cs in run]
-        if mine[0].id not in ids:
+        start = place.get(mine[0].id)
+        if start is None:
             out.extend(mine)  # released from pending: not part of this batch's runs
             continue
-        start = ids.index(mine[0].id)
-        end = max(ids.index(cs.id) for cs in mine if cs.id in ids)
+        run = runs[origin]
+        end = max(place.get(cs.id, start) for cs in mine)
         while end + 1 < len(run) and not run[end].signed:
             end += 1
         out.extend(run[start : end + 1])
