@@ -598,7 +598,11 @@ def test_a_fake_branch_announcing_10000_entries_does_not_stop_a_lost_write_recov
     )
     recovered_s = time.monotonic() - start
     # It came by catch-up from A: the broker did lose it.
-    assert cluster.status("B")["replication"]["catchup_changesets_received"] > by_catchup
+    # The counter follows the batch's commit, which the data shows first.
+    wait_for(
+        lambda: cluster.status("B")["replication"]["catchup_changesets_received"] > by_catchup,
+        what="the lost write counted as received by catch-up",
+    )
     cluster.check_honest("A", "B")
     print(f"lost write recovered in {recovered_s:.1f} s; probe {cluster.last_probe_s:.2f} s")
 

@@ -49,6 +49,7 @@ def test_a_node_away_past_the_ttl_leaves_no_backlog_and_catches_up(
     for i in range(CHANGESETS):
         a.s.create([{"id": f"o{i}-{j}", "n": j} for j in range(OBJECTS_PER_CHANGESET)])
     wait_for(lambda: a.s.outbox_count == 0, what="A's changesets on the broker")
+    all_expired_at = time.monotonic() + TTL_S
     if _backlog(request, shared_broker, a, b) is not None:
         # Read at once, so some of it is still there unless the machine stalled for
         # the whole TTL: either way it must be gone after it.
@@ -57,8 +58,15 @@ def test_a_node_away_past_the_ttl_leaves_no_backlog_and_catches_up(
             TTL_S + 30,
             "B's backlog to expire on the broker",
         )
+    # Where the backlog cannot be read, B comes back once the last message's TTL has
+    # run out: the broker must not deliver any of it then.
+    wait_for(lambda: time.monotonic() > all_expired_at, TTL_S + 1, "the TTL to run out")
     b.start()
     wait_converged([a, b])
     assert b.s.get("o999-9") == {"id": "o999-9", "n": 9}
-    # What expired came by catch-up, not by the subscription.
-    assert b.status()["catchup_changesets_received"] >= CHANGESETS
+    # What expired came by catch-up, not by the subscription. The counter follows the
+    # last batch's commit, which B's data shows first.
+    wait_for(
+        lambda: b.status()["catchup_changesets_received"] >= CHANGESETS,
+        what=lambda: f"all {CHANGESETS} changesets by catch-up: {b.status()}",
+    )

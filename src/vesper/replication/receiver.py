@@ -265,16 +265,10 @@ class ApplyWorker:
                         catchups.append((anti_entropy, delivery.headers, len(good)))
             except Exception as exc:
                 self._reject(delivery, "malformed", f"{type(exc).__name__}: {exc}")
-        if changesets:
-            before = self._store.version_vector
-            result = self._apply(changesets)
-            self._report(result, carriers)
-            self._note_conflicts(result.applied, changesets, before)
-            self._note_progress(len(result.applied))
-            if self._relay is not None and (result.applied or result.adopted):
-                # Signatures taken over for held copies travel on too, so the nodes
-                # behind a hub get them as well.
-                self._relay_applied(result.applied + result.adopted, changesets, sources)
+        before = self._store.version_vector if changesets else {}
+        result = self._apply(changesets) if changesets else None
+        # Right after the commit, so the answerer streams on meanwhile and the counters
+        # trail what readers of the store already see as little as possible.
         for anti_entropy, headers, n in catchups:
             try:
                 anti_entropy.on_catchup(headers, n)
@@ -282,6 +276,14 @@ class ApplyWorker:
                 log.exception(
                     "catch-up bookkeeping failed for a batch from %s", headers.get(wire.CLIENTID)
                 )
+        if result is not None:
+            self._report(result, carriers)
+            self._note_conflicts(result.applied, changesets, before)
+            self._note_progress(len(result.applied))
+            if self._relay is not None and (result.applied or result.adopted):
+                # Signatures taken over for held copies travel on too, so the nodes
+                # behind a hub get them as well.
+                self._relay_applied(result.applied + result.adopted, changesets, sources)
         # Kept before acknowledging: a refused message is acknowledged only once its
         # quarantine entry is durable.
         rejected, self._rejected = self._rejected, []
