@@ -54,6 +54,14 @@ tenths of its rate without, against a fixed 2 ms gathering woken by every commit
 commit after a quieter moment is sent at once: no fixed wait on an idle path."""
 GAP_S = 0.002
 GATHER_MAX_S = 0.010
+STREAM_INTERVAL_S = 0.0015
+"""Gathering also needs commits this close together on average (about 670 commits a
+second or more): a busy writer's stream gathers, while a few writers at a few hundred
+commits a second, some of whose commits merely land just after a send, do not wait
+GAP_S after each for a next one that is not coming."""
+INTERVAL_CAP_S = 0.003
+"""An interval counts at most this much in the moving average: one stall of a busy
+writer (a garbage collection, a checkpoint) must not end its gathering."""
 
 
 class OutboxSender:
@@ -89,6 +97,9 @@ class OutboxSender:
         """Local commits so far (only this number's changes matter)."""
         self._commits_sent = 0
         """``_commits`` when the last send began."""
+        self._last_commit = float("-inf")
+        self._interval = INTERVAL_CAP_S
+        """Moving average of the intervals between local commits, in seconds."""
         self._thread: threading.Thread | None = None
         self.frame_bytes: int | None = None
         """The connected broker's ceiling on a whole frame (coilmq), set by the
@@ -109,6 +120,10 @@ class OutboxSender:
 
     def committed(self, *_: object) -> None:
         """A local commit (the store's commit listener, on the committing thread)."""
+        now = time.monotonic()
+        interval = min(now - self._last_commit, INTERVAL_CAP_S)
+        self._interval += (interval - self._interval) / 8
+        self._last_commit = now
         self._commits += 1
         self._wake.set()
 
@@ -122,7 +137,11 @@ class OutboxSender:
             self._wake.wait(CONFIRM_DELAY_S if self._unflushed else IDLE_WAKE_S)
             self._wake.clear()
             now = time.monotonic()
-            if self._commits != self._commits_sent and now - self._sent_at < BUSY_S:
+            if (
+                self._commits != self._commits_sent
+                and now - self._sent_at < BUSY_S
+                and self._interval < STREAM_INTERVAL_S
+            ):
                 self._gather(now + GATHER_MAX_S)
             self._commits_sent = self._commits
             if self._store.failure is not None:
