@@ -97,9 +97,7 @@ class OutboxSender:
         """Local commits so far (only this number's changes matter)."""
         self._commits_sent = 0
         """``_commits`` when the last send began."""
-        self._last_commit = float("-inf")
-        self._interval = INTERVAL_CAP_S
-        """Moving average of the intervals between local commits, in seconds."""
+        self._pace = CommitPace()
         self._thread: threading.Thread | None = None
         self.frame_bytes: int | None = None
         """The connected broker's ceiling on a whole frame (coilmq), set by the
@@ -120,10 +118,7 @@ class OutboxSender:
 
     def committed(self, *_: object) -> None:
         """A local commit (the store's commit listener, on the committing thread)."""
-        now = time.monotonic()
-        interval = min(now - self._last_commit, INTERVAL_CAP_S)
-        self._interval += (interval - self._interval) / 8
-        self._last_commit = now
+        self._pace.commit(time.monotonic())
         self._commits += 1
         self._wake.set()
 
@@ -140,7 +135,7 @@ class OutboxSender:
             if (
                 self._commits != self._commits_sent
                 and now - self._sent_at < BUSY_S
-                and self._interval < STREAM_INTERVAL_S
+                and self._pace.streaming
             ):
                 self._gather(now + GATHER_MAX_S)
             self._commits_sent = self._commits
@@ -292,6 +287,26 @@ class OutboxSender:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+
+class CommitPace:
+    """How fast local commits come: a moving average of the intervals between them."""
+
+    __slots__ = ("_interval", "_last")
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+        self._interval = INTERVAL_CAP_S
+
+    def commit(self, now: float) -> None:
+        """A commit at monotonic time ``now``."""
+        self._interval += (min(now - self._last, INTERVAL_CAP_S) - self._interval) / 8
+        self._last = now
+
+    @property
+    def streaming(self) -> bool:
+        """Whether commits come as a stream worth gathering (STREAM_INTERVAL_S)."""
+        return self._interval < STREAM_INTERVAL_S
 
 
 def _batches(rows: list[tuple[int, str]], max_bytes: int) -> list[list[tuple[int, str]]]:
