@@ -24,6 +24,14 @@ def test_integers_outside_the_signed_64_bit_range_are_400(http: httpx.Client, nu
     assert http.get("/api/objects/big-int").status_code == 404
 
 
+def test_a_string_of_more_digits_than_an_integer_can_have_is_stored(http: httpx.Client) -> None:
+    # 5,000 digits in a string: more than Python's int() converts. Not an integer, and
+    # not a reason to fail (it was a 500).
+    body = b'{"id": "digits", "s": "' + b"9" * 5_000 + b'"}'
+    assert http.post("/api/objects", content=body).status_code == 201
+    assert http.get("/api/objects/digits").json()["s"] == "9" * 5_000
+
+
 def test_the_64_bit_limits_are_stored_exactly(http: httpx.Client) -> None:
     body = f'{{"id": "limits", "max": {INT_MAX}, "min": {INT_MIN}, "big": 1e30}}'.encode()
     assert http.post("/api/objects", content=body).status_code == 201

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vesper.document import strict_json
 from vesper.document.strict_json import INT_MAX, INT_MIN, loads
 from vesper.errors import InvalidDocument
 
@@ -154,3 +155,42 @@ def test_any_repeated_key_is_found(obj: dict[str, Any], data: Any, ascii_escapes
 def test_any_integer_out_of_range_is_found(number: int, other: Any) -> None:
     text = json.dumps({"other": other, "n": number}).encode()
     assert f"integer {number} is outside" in refused(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["1234567890123456789", "98765432109876543210", "0", "7", "-", "+"])
+        | st.sampled_from([".", "e", "E", '"', "a", ":", ",", "[", " ", "é"]),
+        max_size=30,
+    )
+)
+def test_the_long_integer_scan_finds_what_the_regular_expression_finds(pieces: list[str]) -> None:
+    raw = "".join(pieces).encode()
+    zeros = raw.translate(strict_json._DIGITS_AS_ZEROS)
+    assert strict_json._long_int_literals(raw, zeros) == strict_json._LONG_INT.findall(raw)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Nineteen digits and more in strings, in fractions and exponents: all accepted.
+        b'{"prev": "ab99999999999999999999999cd", "n": 1}',
+        b'["99999999999999999999"]',
+        b"[0.99999999999999999999, 99999999999999999999.5, 1e-99999999999999999999]",
+        b"[9223372036854775807, -9223372036854775808]",
+    ],
+)
+def test_long_runs_of_digits_that_are_no_integer_out_of_range_are_accepted(text: bytes) -> None:
+    assert loads(text, "x") == orjson.loads(text)
+
+
+def test_an_integer_out_of_range_beside_a_long_run_in_a_string_is_refused() -> None:
+    text = b'{"prev": "ab99999999999999999999999cd", "n": -9223372036854775809}'
+    assert "integer -9223372036854775809 is outside" in refused(text)
+
+
+def test_a_string_of_a_million_digits_is_accepted() -> None:
+    # More digits than int() converts: the range check must not try.
+    text = orjson.dumps({"s": "7" * 1_000_000, "t": "-" + "0" * 30 + "1"})
+    assert loads(text, "x") == orjson.loads(text)
