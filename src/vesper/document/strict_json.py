@@ -35,6 +35,13 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 #: An integer literal of 19 or more digits, once strings are removed: not part of a
 #: fraction or an exponent, and not followed by one.
 _LONG_INT = re.compile(rb"(?<![0-9.eE+-])-?[0-9]{19,}(?![0-9.eE])")
+#: What ``_LONG_INT``'s lookbehind and lookahead refuse next to a run of digits: a
+#: fraction, an exponent or a longer number (``_long_int_literals`` checks the same).
+_BEFORE_NUMBER = frozenset(b"0123456789.eE+-")
+_AFTER_NUMBER = frozenset(b".eE")
+#: In the text with every digit a "0": where a run of digits ends (a megabyte of digits
+#: in a string must not cost a Python loop over each).
+_NOT_A_DIGIT = re.compile(rb"[^0]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
@@ -110,14 +117,6 @@ def _long_int_literals(raw: bytes, zeros: bytes) -> list[bytes]:
             found.append(raw[start:end])
         at = zeros.find(_NINETEEN_ZEROS, end)
     return found
-
-
-_BEFORE_NUMBER = frozenset(b"0123456789.eE+-")
-"""Bytes that make a run of digits part of a fraction, an exponent or a longer number."""
-_AFTER_NUMBER = frozenset(b".eE")
-_NOT_A_DIGIT = re.compile(rb"[^0]")
-"""In the text with every digit a "0": where a run of digits ends (a megabyte of digits
-in a string must not cost a Python loop over each)."""
 
 
 def _has_long_int_out_of_range(raw: bytes, zeros: bytes) -> bool:

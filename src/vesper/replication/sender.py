@@ -265,12 +265,7 @@ class OutboxSender:
         self._stats.changesets_sent += len(batch)
 
     def _headers(self) -> dict[str, str]:
-        return {
-            wire.CLIENTID: self._branch_id,
-            "persistent": "true",
-            wire.TYPE: wire.CHANGESETS,
-            **self._expiry_headers(),
-        }
+        return wire.changeset_headers(self._branch_id, self._expiry_headers())
 
     def _longest_topic(self) -> str:
         return wire.topic(max(self._channels, key=len))

@@ -562,12 +562,7 @@ class ReplicationService:
             if channel == source:
                 continue
             for origin, bodies in by_origin.items():
-                headers = {
-                    wire.CLIENTID: origin,
-                    "persistent": "true",
-                    wire.TYPE: wire.CHANGESETS,
-                    **self._expiry_headers(),
-                }
+                headers = wire.changeset_headers(origin, self._expiry_headers())
                 self._send(wire.topic(channel), b"[" + b",".join(bodies) + b"]", headers)
 
     def _on_lost(self, link: Link) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -48,6 +49,12 @@ def sync_topic(channel: str) -> str:
 
 def node_queue(channel: str, branch_id: str) -> str:
     return f"/queue/{channel}.{branch_id}"
+
+
+def changeset_headers(origin: str, expiry: Mapping[str, str]) -> dict[str, str]:
+    """The headers of a changeset message on a channel topic, first sent or relayed:
+    ``origin`` as its ``clientid``, persistent, with the broker's expiry headers."""
+    return {CLIENTID: origin, "persistent": "true", TYPE: CHANGESETS, **expiry}
 
 
 def encode(value: Any) -> bytes:
