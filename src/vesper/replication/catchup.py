@@ -346,6 +346,12 @@ class AntiEntropy:
         """Whether a peer's announcement was processed after ``moment`` (monotonic)."""
         return self._last_heard > moment
 
+    def heard_from(self, branch: str, moment: float) -> bool:
+        """Whether an announcement of ``branch`` was processed after ``moment``."""
+        with self._lock:
+            peer = self.peers.get(branch)
+            return peer is not None and peer.seen > moment
+
     def answer_hello(self) -> None:
         """Announce now for a node that just connected (at most once a second)."""
         now = time.monotonic()

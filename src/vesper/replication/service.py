@@ -46,7 +46,8 @@ BACKOFF_MAX_S = 10.0
 TICK_S = 0.5
 SETTLE_S = 0.5
 """After connecting, how long a starting node listens for its peers' answers to its
-hello before it takes local writes (they answer at once; this covers a busy machine)."""
+hello before it takes local writes (they answer at once; this covers a busy machine).
+It stops listening sooner once every origin of its store has answered."""
 MAX_CLAIMS = 20
 """Other keys claiming this node's branch kept for the status (the newest)."""
 QUIET_S = 1.0
@@ -305,10 +306,27 @@ class ReplicationService:
         heard = any(ae.heard_since(connected_at) for ae in self.anti_entropy.values())
         # Whatever was queued when it connected (a flood, say) is processed first, so
         # the answers behind it are not missed.
-        if waited < SETTLE_S or self.worker.backlog or (not heard and waited < QUIET_S):
+        if (
+            (waited < SETTLE_S and not self._origins_answered(connected_at))
+            or self.worker.backlog
+            or (not heard and waited < QUIET_S)
+        ):
             return False
         own = self.store.own_head()[0]
         return all(ae.own_elsewhere <= own for ae in self.anti_entropy.values())
+
+    def _origins_answered(self, since: float) -> bool:
+        """Whether every other origin of the store announced itself after ``since``.
+        The nodes that wrote what this store holds are the ones that hold its own
+        changesets too, so once they have all answered, listening on for the rest of
+        SETTLE_S would only delay a restart. Their announcements are signed: a broker
+        client cannot answer for them. A node without such origins (a new one, or one
+        whose writers sit behind a hub) listens for all of SETTLE_S."""
+        origins = self.store.version_vector.keys() - {self.config.branch_id}
+        return bool(origins) and all(
+            any(ae.heard_from(origin, since) for ae in self.anti_entropy.values())
+            for origin in origins
+        )
 
     def _check_refusals(self) -> None:
         """Peers refuse this node's key for its branch: with configured trusted keys

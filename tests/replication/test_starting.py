@@ -1,0 +1,121 @@
+"""When a restarted node takes writes: once every origin of its store has answered its
+hello, without listening on for the rest of ``SETTLE_S``; not before, and not on the
+word of a forger answering for an origin that stays silent.
+
+``SETTLE_S`` is set to a minute for the restart, so a node that waited it out would
+fail these tests by their deadlines rather than pass them slowly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.replication.harness import wait_for
+from tests.replication.memory_transport import Make, MemoryBroker, MemoryNode
+from vesper.replication import service, wire
+from vesper.trust.keys import NodeKey
+from vesper.trust.signing import sign
+
+
+class Starting:
+    """A node started on a thread of its own, its ``wait_started`` given two minutes
+    (by default it takes writes anyway after ten seconds without an answer)."""
+
+    def __init__(self, node: MemoryNode) -> None:
+        self.node = node
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        threading.Thread(target=self._start, daemon=True).start()
+
+    def _start(self) -> None:
+        try:
+            self.node.service.start()
+            self.node.service.wait_started(timeout=120)
+        except BaseException as exc:  # reported by the test, not lost on the thread
+            self.error = exc
+        self.started.set()
+
+
+@pytest.fixture
+def restarted(broker: MemoryBroker) -> Iterator[list[Starting]]:
+    made: list[Starting] = []
+    yield made
+    for s in made:
+        s.node.stop()
+
+
+def b_with_history(
+    node: Make, tmp_path: Path, *writers: str
+) -> tuple[NodeKey, str, dict[str, MemoryNode]]:
+    """Node B on a file store holding a write of each of ``writers`` (returned, still
+    running) and one of its own, then stopped."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    key = NodeKey.generate()
+    b = node("B", key=key, storage_url=url)
+    nodes = {w: node(w) for w in writers}
+    for w, n in nodes.items():
+        n.store.create({"id": f"from-{w}"})
+    b.store.create({"id": "from-B"})
+    wait_for(lambda: b.store.count == len(writers) + 1, 10, "the writes on B")
+    wait_for(lambda: b.store.outbox_count == 0, 10, "B's write sent")
+    b.stop()
+    return key, url, nodes
+
+
+def test_a_restarted_node_takes_writes_once_every_origin_answered(
+    broker: MemoryBroker,
+    node: Make,
+    tmp_path: Path,
+    restarted: list[Starting],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key, url, _ = b_with_history(node, tmp_path, "A", "C")
+    monkeypatch.setattr(service, "SETTLE_S", 60.0)
+    again = Starting(MemoryNode(broker, "B", key=key, storage_url=url))
+    restarted.append(again)
+    assert again.started.wait(20), "still listening after A and C answered"
+    assert again.error is None
+    assert again.node.store.create({"id": "after"}).changeset == "B.2"
+
+
+def test_a_restarted_node_waits_for_an_origin_that_has_not_answered(
+    broker: MemoryBroker,
+    node: Make,
+    tmp_path: Path,
+    restarted: list[Starting],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key, url, writers = b_with_history(node, tmp_path, "A", "C")
+    monkeypatch.setattr(service, "SETTLE_S", 60.0)
+    c_key = writers["C"].key
+    writers["C"].stop()
+    again = Starting(MemoryNode(broker, "B", key=key, storage_url=url))
+    restarted.append(again)
+    svc = again.node.service
+    wait_for(lambda: svc._connected_at is not None, 10, "B connected")
+    since = svc._connected_at
+    ae = svc.anti_entropy["c"]
+    wait_for(lambda: ae.heard_from("A", since), 10, "A's answer processed")
+
+    # A hostile client answers for C, with a key of its own: refused, C's is pinned.
+    claim = {"type": "announce", "branch": "C", "revision": "", "time_ms": int(time.time() * 1000)}
+    forged = orjson.dumps(sign(claim, NodeKey.generate()))
+    broker.publish(wire.sync_topic("c"), {wire.CLIENTID: "C"}, forged)
+    wait_for(
+        lambda: svc.status()["quarantined"].get("key_mismatch", 0) >= 1, 10, "the forgery refused"
+    )
+    wait_for(lambda: svc.worker.backlog == 0, 10, "B idle")
+    assert not ae.heard_from("C", since)
+    assert not svc._own_history_checked()
+    assert not again.started.is_set()
+
+    c_again = node("C", key=c_key)  # C comes back: its hello is B's answer
+    assert again.started.wait(20), "C answered, B still listening"
+    assert again.error is None
+    assert c_again.store.get("from-C") is not None  # C re-imported its own history
