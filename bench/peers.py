@@ -159,6 +159,7 @@ METRICS = (
     Metric("catchup", "(c)  B back {n} behind: ready -> has all", "s", True, absolute=0.4),
     Metric("catchup_rate", "(c)    as changesets/s", "changesets/s"),
     Metric("catchup_launch", "(c)    B launched -> has all", "s", True),
+    Metric("restart", "     B restarted, nothing behind: launched -> ready", "s", True),
 )
 """(c) is signed: below 0, B had everything before it was ready (Vesper starts
 replication before its HTTP server). Its rate counts from whichever came first, B ready
@@ -513,6 +514,12 @@ class PostgresSystem:
         self._wait_present(doc_id(tag, n - 1), DEADLINE_S)
         shared = catchup_figures(out, n, t_launch, t_ready, self._stamps(tag, n))
         out.detail["catchup"] = rounded({"a_writes_per_s": n / ((t_written - t0) / 1e9), **shared})
+
+        self.cluster_b.stop()
+        t_launch = time.time_ns()
+        self.cluster_b.launch()
+        t_ready = self.cluster_b.wait_accepting(60, poll_s=HEALTH_POLL_S)
+        out.values["restart"] = (t_ready - t_launch) / 1e9
         return out
 
 
@@ -817,15 +824,20 @@ class VesperSystem:
                     "b_catchup_changesets_received": status_b.get("catchup_changesets_received"),
                 }
             )
+            stop_node(pair.b)
+            pair.b, t_launch, t_ready = self._restart(pair, b_port, "node-restart-2.log")
+            out.values["restart"] = (t_ready - t_launch) / 1e9
         finally:
             stop_node(pair.a)
             stop_node(pair.b)
         return out
 
-    def _restart(self, pair: Pair, port: int) -> tuple[HttpNode, int, int]:
+    def _restart(
+        self, pair: Pair, port: int, log_name: str = "node-restart.log"
+    ) -> tuple[HttpNode, int, int]:
         """Start B again on its port; returns it, the launch time and the time of its
         first 200 on ``/health``."""
-        log_path = pair.b.log_path.with_name("node-restart.log")
+        log_path = pair.b.log_path.with_name(log_name)
         argv = [sys.executable, str(TIMED_NODE), "serve", str(pair.config_b), f"--port={port}"]
         env = {**os.environ, APPLY_LOG: str(pair.log.path)}
         with log_path.open("wb") as log_file:

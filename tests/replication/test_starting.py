@@ -18,7 +18,7 @@ import pytest
 
 from tests.replication.harness import wait_for
 from tests.replication.memory_transport import Make, MemoryBroker, MemoryNode
-from vesper.replication import service, wire
+from vesper.replication import catchup, service, wire
 from vesper.trust.keys import NodeKey
 from vesper.trust.signing import sign
 
@@ -119,3 +119,60 @@ def test_a_restarted_node_waits_for_an_origin_that_has_not_answered(
     assert again.started.wait(20), "C answered, B still listening"
     assert again.error is None
     assert c_again.store.get("from-C") is not None  # C re-imported its own history
+
+
+def test_nodes_restarted_together_are_each_answered(
+    broker: MemoryBroker,
+    node: Make,
+    tmp_path: Path,
+    restarted: list[Starting],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four nodes restarted within a second each get an answer from A, though A
+    announces on its own only every minute here."""
+    a = node("A")
+    urls = {b: f"sqlite:///{tmp_path / b}.db" for b in "BCDE"}
+    readers = {b: node(b, storage_url=url) for b, url in urls.items()}
+    a.store.create({"id": "x"})
+    for r in readers.values():
+        wait_for(lambda r=r: r.store.count == 1, 10, "A's write everywhere")
+    monkeypatch.setattr(service, "SETTLE_S", 60.0)
+    monkeypatch.setattr(catchup, "ANNOUNCE_INTERVAL_S", 60.0)
+    for r in readers.values():
+        r.stop()
+    for branch, r in readers.items():
+        restarted.append(Starting(MemoryNode(broker, branch, key=r.key, storage_url=urls[branch])))
+    for again in restarted:
+        assert again.started.wait(20), f"{again.node.branch} never heard A"
+        assert again.error is None
+
+
+def test_a_flood_of_hellos_gets_one_answer_a_second_and_the_last_one_is_answered(
+    broker: MemoryBroker, node: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catchup, "ANNOUNCE_INTERVAL_S", 60.0)
+    a = node("A")
+    sync = wire.sync_topic("c")
+
+    def answers(after: int = 0) -> int:
+        sent = broker.sent[after:]
+        return sum(1 for d, h, _ in sent if d == sync and h.get(wire.CLIENTID) == "A")
+
+    before = answers()
+    started = time.monotonic()
+    for i in range(50):
+        hello = {
+            "type": "announce",
+            "branch": f"X{i}",
+            "revision": "",
+            "hello": True,
+            "time_ms": int(time.time() * 1000),
+        }
+        body = orjson.dumps(sign(hello, NodeKey.generate()))
+        broker.publish(sync, {wire.CLIENTID: f"X{i}"}, body)
+    last_hello = len(broker.sent)
+    wait_for(lambda: "X49" in a.status()["peers"], 10, "the flood processed")
+    sent = answers() - before
+    assert 1 <= sent <= catchup.HELLO_ANSWER_BURST + int(time.monotonic() - started) + 1
+    # Past the burst a hello is owed an answer, sent at a tick: the last one gets it.
+    wait_for(lambda: answers(last_hello) >= 1, 10, "an answer after the last hello")

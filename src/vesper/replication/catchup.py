@@ -48,6 +48,10 @@ from vesper.trust.signing import sign
 log = logging.getLogger(__name__)
 
 ANNOUNCE_INTERVAL_S = 5.0
+HELLO_ANSWER_BURST = 4
+"""Hellos and new peers answered at once in a row (nodes restarted together); past
+that, one a second, owed ones at the next tick, so a flood of invented peers gets no
+flood of announcements and no real one waits for the periodic announcement."""
 ACTIVE_ANNOUNCE_INTERVAL_S = 1.0
 GRACE_S = 2.0
 MAX_WAIT_S = 10.0
@@ -165,7 +169,9 @@ class AntiEntropy:
         before it commits again."""
         self.refused_by: dict[str, float] = {}
         """Peers that announce they refuse this node's key for its branch id, and when."""
-        self._last_hello_reply = 0.0
+        self._hello_tokens = float(HELLO_ANSWER_BURST)
+        self._hello_tokens_at = time.monotonic()
+        self._hello_owed = False
         self._last_heard = 0.0
         self.on_refused: Any = lambda peer: None
         """Called with a peer's branch when it announces that it refuses our key."""
@@ -212,6 +218,8 @@ class AntiEntropy:
 
     def tick(self) -> None:
         """Periodic work (supervisor thread): announce, time out, re-check peers."""
+        if self._hello_owed and self._hello_token():
+            self.announce()
         now = time.monotonic()
         since_last = now - self._last_announce
         # Idle nodes announce every ANNOUNCE_INTERVAL_S; a node whose revision moved
@@ -353,11 +361,26 @@ class AntiEntropy:
             return peer is not None and peer.seen > moment
 
     def answer_hello(self) -> None:
-        """Announce now for a node that just connected (at most once a second)."""
-        now = time.monotonic()
-        if now - self._last_hello_reply >= 1.0:
-            self._last_hello_reply = now
+        """Announce now for a node that just connected, or at the next tick past
+        HELLO_ANSWER_BURST answers in a row (one announcement answers every hello
+        before it)."""
+        if self._hello_token():
             self.announce()
+        else:
+            self._hello_owed = True
+
+    def _hello_token(self) -> bool:
+        """Take one of the HELLO_ANSWER_BURST answers, which come back at one a second."""
+        with self._lock:
+            now = time.monotonic()
+            tokens = min(HELLO_ANSWER_BURST, self._hello_tokens + now - self._hello_tokens_at)
+            self._hello_tokens_at = now
+            if tokens < 1:
+                self._hello_tokens = tokens
+                return False
+            self._hello_tokens = tokens - 1
+            self._hello_owed = False
+            return True
 
     def lag(self, peer: Peer, have: dict[str, int]) -> int:
         return sum(max(0, c - have.get(o, 0)) for o, c in peer.revision.items())
