@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -42,10 +42,20 @@ class Starting:
         self.started.set()
 
 
+Restart = Callable[..., Starting]
+
+
 @pytest.fixture
-def restarted(broker: MemoryBroker) -> Iterator[list[Starting]]:
+def restart(broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch) -> Iterator[Restart]:
+    """Starts a node on its thread, with ``SETTLE_S`` a minute from then on."""
     made: list[Starting] = []
-    yield made
+
+    def start(branch: str, **config: object) -> Starting:
+        monkeypatch.setattr(service, "SETTLE_S", 60.0)
+        made.append(Starting(MemoryNode(broker, branch, **config)))
+        return made[-1]
+
+    yield start
     for s in made:
         s.node.stop()
 
@@ -69,34 +79,22 @@ def b_with_history(
 
 
 def test_a_restarted_node_takes_writes_once_every_origin_answered(
-    broker: MemoryBroker,
-    node: Make,
-    tmp_path: Path,
-    restarted: list[Starting],
-    monkeypatch: pytest.MonkeyPatch,
+    node: Make, tmp_path: Path, restart: Restart
 ) -> None:
     key, url, _ = b_with_history(node, tmp_path, "A", "C")
-    monkeypatch.setattr(service, "SETTLE_S", 60.0)
-    again = Starting(MemoryNode(broker, "B", key=key, storage_url=url))
-    restarted.append(again)
+    again = restart("B", key=key, storage_url=url)
     assert again.started.wait(20), "still listening after A and C answered"
     assert again.error is None
     assert again.node.store.create({"id": "after"}).changeset == "B.2"
 
 
 def test_a_restarted_node_waits_for_an_origin_that_has_not_answered(
-    broker: MemoryBroker,
-    node: Make,
-    tmp_path: Path,
-    restarted: list[Starting],
-    monkeypatch: pytest.MonkeyPatch,
+    broker: MemoryBroker, node: Make, tmp_path: Path, restart: Restart
 ) -> None:
     key, url, writers = b_with_history(node, tmp_path, "A", "C")
-    monkeypatch.setattr(service, "SETTLE_S", 60.0)
     c_key = writers["C"].key
     writers["C"].stop()
-    again = Starting(MemoryNode(broker, "B", key=key, storage_url=url))
-    restarted.append(again)
+    again = restart("B", key=key, storage_url=url)
     svc = again.node.service
     wait_for(lambda: svc._connected_at is not None, 10, "B connected")
     since = svc._connected_at
@@ -122,11 +120,7 @@ def test_a_restarted_node_waits_for_an_origin_that_has_not_answered(
 
 
 def test_nodes_restarted_together_are_each_answered(
-    broker: MemoryBroker,
-    node: Make,
-    tmp_path: Path,
-    restarted: list[Starting],
-    monkeypatch: pytest.MonkeyPatch,
+    node: Make, tmp_path: Path, restart: Restart, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four nodes restarted within a second each get an answer from A, though A
     announces on its own only every minute here."""
@@ -136,12 +130,10 @@ def test_nodes_restarted_together_are_each_answered(
     a.store.create({"id": "x"})
     for r in readers.values():
         wait_for(lambda r=r: r.store.count == 1, 10, "A's write everywhere")
-    monkeypatch.setattr(service, "SETTLE_S", 60.0)
     monkeypatch.setattr(catchup, "ANNOUNCE_INTERVAL_S", 60.0)
     for r in readers.values():
         r.stop()
-    for branch, r in readers.items():
-        restarted.append(Starting(MemoryNode(broker, branch, key=r.key, storage_url=urls[branch])))
+    restarted = [restart(b, key=r.key, storage_url=urls[b]) for b, r in readers.items()]
     for again in restarted:
         assert again.started.wait(20), f"{again.node.branch} never heard A"
         assert again.error is None
