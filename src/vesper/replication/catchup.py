@@ -197,6 +197,7 @@ class AntiEntropy:
         answer with its own at once, so a starting node learns quickly whether its peers
         hold more of its own history than it does."""
         self._last_announce = time.monotonic()
+        self._hello_owed = False  # this one answers every hello before it
         self._announced, digest = self._store.revision_and_digest()
         body: dict[str, Any] = {
             "type": wire.ANNOUNCE,
@@ -379,7 +380,6 @@ class AntiEntropy:
                 self._hello_tokens = tokens
                 return False
             self._hello_tokens = tokens - 1
-            self._hello_owed = False
             return True
 
     def lag(self, peer: Peer, have: dict[str, int]) -> int:
