@@ -48,11 +48,11 @@ from vesper.trust.signing import sign
 log = logging.getLogger(__name__)
 
 ANNOUNCE_INTERVAL_S = 5.0
+ACTIVE_ANNOUNCE_INTERVAL_S = 1.0
 HELLO_ANSWER_BURST = 4
 """Hellos and new peers answered at once in a row (nodes restarted together); past
 that, one a second, owed ones at the next tick, so a flood of invented peers gets no
 flood of announcements and no real one waits for the periodic announcement."""
-ACTIVE_ANNOUNCE_INTERVAL_S = 1.0
 GRACE_S = 2.0
 MAX_WAIT_S = 10.0
 REQUEST_TIMEOUT_S = 5.0
