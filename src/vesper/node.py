@@ -16,6 +16,7 @@ from vesper.config import Settings, parse_storage_url
 from vesper.errors import StoreClosed, StoreDamaged
 from vesper.replication.quarantine import Quarantine
 from vesper.store import Store, open_store_from_settings
+from vesper.store.digest_worker import DigestWorker
 from vesper.trust.keys import NodeKey
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class Node:
                 except StoreDamaged as exc:
                     raise StoreDamaged(f"{exc}; {self._restore_advice()}") from None
                 log.debug("node %s opened %s", self.branch_id, self.settings.effective_storage_url)
+                worker = DigestWorker.shared()
+                if worker is not None:
+                    # Now, so that the first large transaction does not wait for it.
+                    worker.start()
             if self.replication is None and self.settings.replication_hosts:
                 # Imported here: a node without replication never loads stomp.py.
                 from vesper.replication.service import ReplicationConfig

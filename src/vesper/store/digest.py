@@ -31,6 +31,7 @@ import orjson
 from vesper.document import lthash
 from vesper.document.lthash import LaneSum
 from vesper.storage.database import Database
+from vesper.store.digest_worker import DigestWorker, WorkerGone
 from vesper.trust.canonical import canonical
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ MEMO_SIZE = 2048
 """Elements of recently written documents kept by their JSON text (~2 KiB each): an
 update then takes the replaced document's element from here instead of computing its
 canonical form and SHAKE128 again (about half of what an update costs the digest)."""
+CHUNK = 1000
+"""Objects a transaction collects before handing them to the digest worker process;
+a transaction smaller than this is computed in the writer, at the end."""
+WORKER_QUEUE = 2
+"""Chunks the worker has at most: one it works on and the next."""
 
 
 def bucket_of(obj_id: str) -> int:
@@ -96,16 +102,35 @@ class DigestIndex:
     transaction) computes the new bucket states and writes them; ``commit`` (after
     COMMIT) publishes them, ``rollback`` forgets them. Called with the store's write
     lock held.
+
+    ``change`` only collects texts; their elements are computed in chunks of CHUNK
+    objects by the ``worker`` process while the transaction goes on, and what is left
+    (or every chunk, without a worker or when it fails) in the writer by ``stage``.
     """
 
-    def __init__(self, states: list[int], revision: str, stale: bool = False) -> None:
+    def __init__(
+        self,
+        states: list[int],
+        revision: str,
+        stale: bool = False,
+        worker: DigestWorker | None = None,
+    ) -> None:
         self._states = states
+        self._worker = worker
         total = lthash.EMPTY_STATE
         for state in states:
             total = lthash.add(total, state)
         self._total = total
         self._added: dict[int, LaneSum] = {}
         self._removed: dict[int, LaneSum] = {}
+        self._new: list[tuple[int, str, Any]] = []
+        """(bucket, text, parsed or None) of objects the transaction made live."""
+        self._gone: list[tuple[int, str]] = []
+        """(bucket, text) of replaced objects whose element is not in the memo."""
+        self._handed: list[tuple[list[Any], list[Any]]] = []
+        """Chunks given to the worker, kept until it answers, should it fail."""
+        self._leased = False
+        """Whether this transaction has the worker."""
         self._dirty: set[int] = set(range(BUCKETS)) if stale else set()
         """Buckets whose rows the next ``stage`` writes even if nothing changed them."""
         self._staged: tuple[dict[int, tuple[int, bytes]], int, str] | None = None
@@ -122,13 +147,15 @@ class DigestIndex:
         return len(self._dirty) == BUCKETS
 
     @classmethod
-    def load(cls, db: Database, revision: str, kept: bool) -> DigestIndex:
+    def load(
+        cls, db: Database, revision: str, kept: bool, worker: DigestWorker | None = None
+    ) -> DigestIndex:
         """The stored bucket states, or, when the table was not kept (a store written by
         an older version) or is not whole, the states computed from the objects."""
         if kept:
             states = stored_states(db)
             if states is not None:
-                return cls(states, revision)
+                return cls(states, revision, worker=worker)
         started = time.monotonic()
         states, objects = _computed_states(db)
         if objects:
@@ -138,7 +165,7 @@ class DigestIndex:
                 objects,
                 time.monotonic() - started,
             )
-        return cls(states, revision, stale=True)
+        return cls(states, revision, stale=True, worker=worker)
 
     # -- writes --------------------------------------------------------------------
 
@@ -150,9 +177,87 @@ class DigestIndex:
             return
         bucket = bucket_of(obj_id)
         if old is not None:
-            self._sum(self._removed, bucket).add(self._element(old, None))
+            found = self._memo.get(old)
+            if found is not None:
+                self._sum(self._removed, bucket).add(found)
+            else:
+                self._gone.append((bucket, old))
         if new is not None:
-            self._sum(self._added, bucket).add(self._element(new, new_doc))
+            self._new.append((bucket, new, new_doc))
+        if len(self._new) + len(self._gone) >= CHUNK:
+            self._hand_over_or_compute()
+
+    def _hand_over_or_compute(self) -> None:
+        """A chunk is full: the worker takes it, unless it has WORKER_QUEUE to do
+        already (it is slower per object than the writer, which then shares the work
+        rather than waiting at the end) or another store's transaction has it."""
+        new, gone, self._new, self._gone = self._new, self._gone, [], []
+        worker = self._worker
+        if worker is not None and (self._leased or worker.acquire()):
+            self._leased = True
+            try:
+                if worker.backlog() < WORKER_QUEUE:
+                    # The canonical form of a parsed document costs the writer less
+                    # than parsing its text would cost the worker, the busier of the two.
+                    worker.send(
+                        [
+                            (b, text, False) if doc is None else (b, canonical(doc).decode(), True)
+                            for b, text, doc in new
+                        ],
+                        [(b, text, False) for b, text in gone],
+                    )
+                    self._handed.append((new, gone))
+                    return
+            except WorkerGone:
+                self._without_worker()
+        self._compute(new, gone)
+
+    def _compute(self, new: list[tuple[int, str, Any]], gone: list[tuple[int, str]]) -> None:
+        for bucket, text, doc in new:
+            self._sum(self._added, bucket).add(self._element(text, doc))
+        for bucket, text in gone:
+            self._sum(self._removed, bucket).add(self._element(text, None))
+
+    def _collect(self) -> None:
+        """Compute what is left in the writer, then add in what the worker computed
+        meanwhile."""
+        self._compute(self._new, self._gone)
+        self._new, self._gone = [], []
+        if not self._leased:
+            return
+        assert self._worker is not None
+        try:
+            added, removed = self._worker.finish()
+        except WorkerGone:
+            self._leased = False
+            self._without_worker()
+            return
+        self._leased = False
+        self._handed = []
+        for bucket, state in added.items():
+            self._sum(self._added, bucket).add(state)
+        for bucket, state in removed.items():
+            self._sum(self._removed, bucket).add(state)
+
+    def _without_worker(self) -> None:
+        """The worker failed: compute what it was given, and let it go."""
+        handed, self._handed = self._handed, []
+        for new, gone in handed:
+            self._compute(new, gone)
+        if self._leased:
+            self._leased = False
+            assert self._worker is not None
+            self._worker.abandon()
+
+    def _forget(self) -> None:
+        """Drop the transaction's collected changes and let the worker go."""
+        self._added.clear()
+        self._removed.clear()
+        self._new, self._gone, self._handed = [], [], []
+        if self._leased:
+            self._leased = False
+            assert self._worker is not None
+            self._worker.abandon()
 
     def _element(self, text: str, doc: Any) -> int:
         memo = self._memo
@@ -174,6 +279,7 @@ class DigestIndex:
     def stage(self, conn: Any, revision: str) -> None:
         """Write the bucket states the transaction changed; ``revision`` is the one it
         commits."""
+        self._collect()
         if self._staged is not None:
             changed, total, _ = self._staged
         else:
@@ -202,8 +308,7 @@ class DigestIndex:
     def commit(self) -> None:
         """The transaction committed: publish what it staged."""
         staged, self._staged = self._staged, None
-        self._added.clear()
-        self._removed.clear()
+        self._forget()
         if staged is None:
             return
         changed, total, revision = staged
@@ -218,8 +323,7 @@ class DigestIndex:
     def rollback(self) -> None:
         """The transaction rolled back: the states stay those of the last commit."""
         self._staged = None
-        self._added.clear()
-        self._removed.clear()
+        self._forget()
 
 
 class Fetcher(Protocol):

@@ -52,6 +52,7 @@ from vesper.store import history as history_queries
 from vesper.store import idempotency as idempotency_keys
 from vesper.store.changes import Change
 from vesper.store.digest import KEPT_MARK, DigestIndex
+from vesper.store.digest_worker import DigestWorker
 from vesper.store.indexes import PropertyIndexes
 from vesper.store.integrity import ChainWatch, verify_on_open
 from vesper.store.ops import Op, check_version, fold, object_op, parse_op, update_op
@@ -232,7 +233,9 @@ class Store:
         self._tail = OutboxTail(self.db.fetch("SELECT coalesce(max(seq), 0) FROM changesets")[0][0])
 
     def _open_digest(self) -> None:
-        self._digest = DigestIndex.load(self.db, format_revision(self._vv), self._digest_kept)
+        self._digest = DigestIndex.load(
+            self.db, format_revision(self._vv), self._digest_kept, DigestWorker.shared()
+        )
         if self._digest.stale:
             # Written at once, with the mark, so the next open reads it instead.
             with self.db.lock, self._rollback_memory_on_error(), self.db.write() as conn:
