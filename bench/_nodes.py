@@ -12,6 +12,7 @@ nodes (trust_bench.py, access_bench.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -165,10 +166,24 @@ class Client:
         self.sock.close()
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live children of process ``pid`` (a node's digest worker) (Linux /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` and of its live children (Linux /proc):
+    a node's work includes its digest worker's."""
+    total = 0.0
+    for one in (pid, *child_pids(pid)):
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def wait_until(

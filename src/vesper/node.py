@@ -69,10 +69,6 @@ class Node:
                 except StoreDamaged as exc:
                     raise StoreDamaged(f"{exc}; {self._restore_advice()}") from None
                 log.debug("node %s opened %s", self.branch_id, self.settings.effective_storage_url)
-                worker = DigestWorker.shared()
-                if worker is not None:
-                    # Now, so that the first large transaction does not wait for it.
-                    worker.start()
             if self.replication is None and self.settings.replication_hosts:
                 # Imported here: a node without replication never loads stomp.py.
                 from vesper.replication.service import ReplicationConfig
@@ -89,6 +85,11 @@ class Node:
                     self._store = None
                     raise
                 self.replication = service
+            worker = DigestWorker.shared()
+            if worker is not None:
+                # Now, so that the first large transaction does not wait for it to start,
+                # and only now, so that its start does not slow the node's.
+                worker.start()
         return self
 
     def _restore_advice(self) -> str:

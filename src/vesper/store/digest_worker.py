@@ -31,6 +31,7 @@ import fcntl
 import logging
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -182,8 +183,12 @@ class DigestWorker:
 
     def close(self) -> None:
         """End the process: it exits once its stdin closes."""
-        with self._busy:
-            proc, self._proc = self._proc, None
+        # Not forever: at exit a daemon thread may hold it in a transaction it will
+        # never finish.
+        leased = self._busy.acquire(timeout=5)
+        proc, self._proc = self._proc, None
+        if leased:
+            self._busy.release()
         if proc is None:
             return
         assert proc.stdin is not None and proc.stdout is not None
@@ -306,6 +311,8 @@ def _decode(data: bytes) -> Sums:
 
 def main() -> None:
     """The worker, until stdin closes (the writer's process ended or closed it)."""
+    # Ctrl-C reaches the whole process group; the worker ends with its stdin instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     added: dict[int, LaneSum] = {}
     removed: dict[int, LaneSum] = {}
