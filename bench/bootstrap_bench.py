@@ -133,6 +133,7 @@ def measure(work: Path, n: int, shape: str) -> dict[str, Any]:
             time.sleep(POLL_S)
         seconds = time.perf_counter() - started
         peak = tree_rss_mb(b.proc.pid, "VmHWM")
+        peak_node = rss_mb(b.proc.pid, "VmHWM")
         if status["digest"] != target["digest"] or status["objects"] != n:
             raise BenchError(f"B ended with {status['objects']} objects, digest differs")
         client_a.close()
@@ -148,6 +149,8 @@ def measure(work: Path, n: int, shape: str) -> dict[str, Any]:
         "seconds": seconds,
         "objects_s": n / seconds,
         "peak_rss_mb": peak,
+        "peak_rss_node_mb": peak_node,
+        "peak_rss_digest_worker_mb": peak - peak_node,
         "fill_s": fill_s,
         "bytes_per_object": size / n,
         "bytes_per_changeset": size / changesets,

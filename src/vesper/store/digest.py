@@ -31,7 +31,7 @@ import orjson
 from vesper.document import lthash
 from vesper.document.lthash import LaneSum
 from vesper.storage.database import Database
-from vesper.store.digest_worker import DigestWorker, WorkerGone
+from vesper.store.digest_worker import DigestWorker, Items, WorkerGone, add_elements
 from vesper.trust.canonical import canonical
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class DigestIndex:
         """(bucket, text, parsed or None) of objects the transaction made live."""
         self._gone: list[tuple[int, str]] = []
         """(bucket, text) of replaced objects whose element is not in the memo."""
-        self._handed: list[tuple[list[Any], list[Any]]] = []
+        self._handed: list[tuple[Items, Items]] = []
         """Chunks given to the worker, kept until it answers, should it fail."""
         self._leased = False
         """Whether this transaction has the worker."""
@@ -199,14 +199,14 @@ class DigestIndex:
                 if worker.backlog() < WORKER_QUEUE:
                     # The canonical form of a parsed document costs the writer less
                     # than parsing its text would cost the worker, the busier of the two.
-                    worker.send(
-                        [
-                            (b, text, False) if doc is None else (b, canonical(doc).decode(), True)
-                            for b, text, doc in new
-                        ],
-                        [(b, text, False) for b, text in gone],
-                    )
-                    self._handed.append((new, gone))
+                    added = [
+                        (b, text, False) if doc is None else (b, canonical(doc).decode(), True)
+                        for b, text, doc in new
+                    ]
+                    removed = [(b, text, False) for b, text in gone]
+                    worker.send(added, removed)
+                    # What was sent, not the parsed documents: smaller, and enough.
+                    self._handed.append((added, removed))
                     return
             except WorkerGone:
                 self._without_worker()
@@ -242,8 +242,9 @@ class DigestIndex:
     def _without_worker(self) -> None:
         """The worker failed: compute what it was given, and let it go."""
         handed, self._handed = self._handed, []
-        for new, gone in handed:
-            self._compute(new, gone)
+        for added, removed in handed:
+            add_elements(self._added, added)
+            add_elements(self._removed, removed)
         if self._leased:
             self._leased = False
             assert self._worker is not None
