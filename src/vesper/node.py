@@ -16,7 +16,6 @@ from vesper.config import Settings, parse_storage_url
 from vesper.errors import StoreClosed, StoreDamaged
 from vesper.replication.quarantine import Quarantine
 from vesper.store import Store, open_store_from_settings
-from vesper.store.digest_worker import DigestWorker
 from vesper.trust.keys import NodeKey
 
 log = logging.getLogger(__name__)
@@ -85,11 +84,6 @@ class Node:
                     self._store = None
                     raise
                 self.replication = service
-            worker = DigestWorker.shared()
-            if worker is not None:
-                # Now, so that the first large transaction does not wait for it to start,
-                # and only now, so that its start does not slow the node's.
-                worker.start()
         return self
 
     def _restore_advice(self) -> str:

@@ -165,9 +165,12 @@ def test_a_worker_killed_mid_transaction_is_replaced(
     assert_matches_definition(store)
 
 
+@pytest.mark.parametrize("text_bytes", [10, 100_000], ids=["small", "pipe-filling"])
 def test_a_hung_worker_is_killed_after_the_timeout(
-    worker: CountingWorker, monkeypatch: pytest.MonkeyPatch
+    worker: CountingWorker, monkeypatch: pytest.MonkeyPatch, text_bytes: int
 ) -> None:
+    """A stopped worker: the answer never comes, and with large objects the pipe to it
+    fills (a chunk of 2.5 MB), so handing over would block without its deadline."""
     monkeypatch.setattr(digest_worker, "ANSWER_TIMEOUT_S", 1.0)
     store = with_worker(open_store("mem://", "A"), worker)
     store.create(documents("warm", 2 * CHUNK))
@@ -175,7 +178,7 @@ def test_a_hung_worker_is_killed_after_the_timeout(
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
-    store.create(documents("d", 8 * CHUNK))
+    store.create([{**doc, "big": "x" * text_bytes} for doc in documents("d", 8 * CHUNK)])
     assert time.monotonic() - started < DEADLINE_S
     assert_matches_definition(store)
     assert worker.pid != pid

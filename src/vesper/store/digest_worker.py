@@ -107,17 +107,6 @@ class DigestWorker:
                 atexit.register(cls._shared.close)
             return cls._shared
 
-    def start(self) -> None:
-        """Start the process now rather than on the first large transaction (a server
-        does at start-up, so that its first one does not wait for it)."""
-        if self._busy.acquire(blocking=False):
-            try:
-                self._running()
-            except OSError as exc:
-                self._failed(exc)
-            finally:
-                self._busy.release()
-
     def acquire(self) -> bool:
         """Take the worker for one transaction; False when another has it."""
         if not self._busy.acquire(blocking=False):
@@ -130,20 +119,23 @@ class DigestWorker:
         try:
             proc = self._running()
             payload = orjson.dumps([added, removed])
-            assert proc.stdin is not None
-            proc.stdin.write(_HEADER.pack(b"C", len(payload)) + payload)
-            proc.stdin.flush()
+            self._write(proc, _HEADER.pack(b"C", len(payload)) + payload)
             self._unacked += 1
             self._lease_chunks += 1
-        except OSError as exc:
+        except Exception as exc:
             raise self._gone(exc) from exc
+        except BaseException as exc:
+            # Even a KeyboardInterrupt may leave half a frame in the process: it must
+            # not be used again, and the interrupt goes on.
+            self._gone(exc)
+            raise
 
     def backlog(self) -> int:
         """Chunks handed over and not yet added in by the worker."""
         if self._unacked:
             try:
                 self._read_available()
-            except OSError as exc:
+            except Exception as exc:
                 raise self._gone(exc) from exc
             self._unacked -= self._take_acks()
         return self._unacked
@@ -152,23 +144,30 @@ class DigestWorker:
         """The sums of every chunk handed over since ``acquire``, which it ends."""
         try:
             proc = self._running()
-            assert proc.stdin is not None
-            proc.stdin.write(_HEADER.pack(b"S", 0))
-            proc.stdin.flush()
             deadline = time.monotonic() + ANSWER_TIMEOUT_S
+            self._write(proc, _HEADER.pack(b"S", 0), deadline)
             while self._unacked:
                 self._read_some(deadline)
                 self._unacked -= self._take_acks()
             while len(self._received) < _HEADER.size:
                 self._read_some(deadline)
-            _, length = _HEADER.unpack_from(self._received)
+            kind, length = _HEADER.unpack_from(self._received)
+            if kind != b"S":
+                raise ValueError(f"the digest worker answered {kind!r}")
             while len(self._received) < _HEADER.size + length:
                 self._read_some(deadline)
             body = self._received[_HEADER.size : _HEADER.size + length]
             self._received = self._received[_HEADER.size + length :]
+            if self._received:
+                raise ValueError(f"{len(self._received)} bytes after the digest worker's answer")
             return _decode(body)
-        except (OSError, ValueError, struct.error) as exc:
+        except Exception as exc:
             raise self._gone(exc) from exc
+        except BaseException as exc:
+            # A KeyboardInterrupt mid-answer leaves the sums or the answer in the
+            # process: it must not serve another lease, and the interrupt goes on.
+            self._gone(exc)
+            raise
         finally:
             self._busy.release()
 
@@ -185,21 +184,20 @@ class DigestWorker:
         """End the process: it exits once its stdin closes."""
         # Not forever: at exit a daemon thread may hold it in a transaction it will
         # never finish.
-        leased = self._busy.acquire(timeout=5)
+        if not self._busy.acquire(timeout=5):
+            return  # its stdin closes when this process ends, which ends it too
         proc, self._proc = self._proc, None
-        if leased:
-            self._busy.release()
+        self._busy.release()
         if proc is None:
             return
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
         with contextlib.suppress(OSError):
             proc.stdin.close()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        _discard(proc)
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
@@ -219,38 +217,58 @@ class DigestWorker:
         self._unacked, self._received = 0, b""
         if proc is not None:
             proc.kill()
-            proc.wait()
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
+            _discard(proc)
         return WorkerGone(f"{type(exc).__name__}: {exc}")
 
     def _running(self) -> subprocess.Popen[bytes]:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             return proc
+        if proc is not None:
+            _discard(proc)
+            self._proc = None
         if self._lease_chunks:
             raise BrokenPipeError("the digest worker process ended")
-        # The package's own folder first, for a program that found it by sys.path.
+        # Isolated (-I): neither PYTHONPATH nor the working folder may give the worker
+        # another vesper (another digest) or shadow a module; the package's own folder
+        # is added, for a program that found it by sys.path.
         package_root = str(Path(vesper.__file__).resolve().parent.parent)
-        path = os.environ.get("PYTHONPATH")
+        code = (
+            f"import sys\nroot = {package_root!r}\n"
+            "if root not in sys.path: sys.path.insert(0, root)\n"
+            "from vesper.store.digest_worker import main\nmain()"
+        )
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from vesper.store.digest_worker import main; main()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")},
+            [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         assert proc.stdin is not None and proc.stdout is not None
-        # Else a smaller pipe: handing over may wait for the worker now and then.
+        # Else a smaller pipe: handing over waits for the worker now and then.
         with contextlib.suppress(OSError):
             fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+        os.set_blocking(proc.stdin.fileno(), False)
         os.set_blocking(proc.stdout.fileno(), False)
         self._proc, self._unacked, self._received = proc, 0, b""
         return proc
 
+    def _write(self, proc: subprocess.Popen[bytes], data: bytes, deadline: float = 0.0) -> None:
+        """All of ``data`` into the worker's pipe, waiting for room until ``deadline``
+        (default: ANSWER_TIMEOUT_S from now): a stalled worker must not stall the
+        writer, which holds the store's lock."""
+        assert proc.stdin is not None
+        fd = proc.stdin.fileno()
+        deadline = deadline or time.monotonic() + ANSWER_TIMEOUT_S
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+                continue
+            except BlockingIOError:
+                pass
+            _wait(fd, select.POLLOUT, deadline)
+
     def _read_available(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        if self._proc is None or self._proc.stdout is None:
+            raise BrokenPipeError("the digest worker process is gone")
         try:
             data = os.read(self._proc.stdout.fileno(), _PIPE_BYTES)
         except BlockingIOError:
@@ -260,10 +278,9 @@ class DigestWorker:
         self._received += data
 
     def _read_some(self, deadline: float) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([self._proc.stdout], [], [], left)[0]:
-            raise TimeoutError(f"no answer from the digest worker in {ANSWER_TIMEOUT_S:g} s")
+        if self._proc is None or self._proc.stdout is None:
+            raise BrokenPipeError("the digest worker process is gone")
+        _wait(self._proc.stdout.fileno(), select.POLLIN, deadline)
         self._read_available()
 
     def _take_acks(self) -> int:
@@ -272,6 +289,25 @@ class DigestWorker:
         kept = received.lstrip(_ACK)
         self._received = kept
         return len(received) - len(kept)
+
+
+def _wait(fd: int, event: int, deadline: float) -> None:
+    """Until ``fd`` is ready for ``event`` (or has hung up); TimeoutError at ``deadline``.
+    poll, not select: a node with many sockets has descriptors beyond select's 1024."""
+    poller = select.poll()
+    poller.register(fd, event)
+    left = deadline - time.monotonic()
+    if left <= 0 or not poller.poll(left * 1000):
+        raise TimeoutError(f"the digest worker did not answer in {ANSWER_TIMEOUT_S:g} s")
+
+
+def _discard(proc: subprocess.Popen[bytes]) -> None:
+    """Reap an ended (or killed) worker and close its pipes."""
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def add_elements(sums: dict[int, LaneSum], items: Items) -> None:
