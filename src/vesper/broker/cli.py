@@ -28,6 +28,7 @@ from vesper.broker.errors import BrokerConfigError, BrokerError
 from vesper.broker.faults import FaultSettings
 from vesper.broker.server import Broker
 from vesper.broker.units import parse_duration, parse_size
+from vesper.heap import return_large_blocks
 from vesper.logformat import FORMATS
 from vesper.logformat import configure as configure_logging
 
@@ -180,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         # Other libraries stay at WARNING; the broker's own lines at --log-level.
         configure_logging("WARNING", getattr(args, "log_format", "text"))
     log.setLevel(getattr(args, "log_level", "INFO"))
+    return_large_blocks()  # a long-running process's C heap (vesper.heap says why)
     try:
         broker = Broker(config_from_args(args))
     except BrokerConfigError as exc:

@@ -24,6 +24,7 @@ from vesper.api import create_app
 from vesper.api.server import ApiServer, create_server
 from vesper.config import Settings, load_settings, parse_overrides
 from vesper.errors import ConfigError
+from vesper.heap import return_large_blocks
 from vesper.logformat import configure
 from vesper.node import Node
 
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     # A "_created" timestamp beside every counter doubles /metrics for no use here;
     # the switch is process-wide, so it is thrown here at the edge, not in the library.
     prometheus_client.disable_created_metrics()
+    # Process-wide too: the C heap of a long-running node (vesper.heap says why).
+    return_large_blocks()
     # serve() handles stop signals while it runs and restores these afterwards: a
     # second SIGTERM arriving while the process exits then no longer turns a clean
     # stop into death by signal.
