@@ -157,18 +157,71 @@ def test_any_integer_out_of_range_is_found(number: int, other: Any) -> None:
     assert f"integer {number} is outside" in refused(text)
 
 
-@settings(max_examples=500, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from(["1234567890123456789", "98765432109876543210", "0", "7", "-", "+"])
-        | st.sampled_from([".", "e", "E", '"', "a", ":", ",", "[", " ", "é"]),
-        max_size=30,
-    )
+digit_runs = st.lists(
+    st.sampled_from(["1234567890123456789", "98765432109876543210", "0", "7", "-", "+"])
+    | st.sampled_from([".", "e", "E", '"', "a", ":", ",", "[", "]", "}", " ", "\n", "é"]),
+    max_size=12,
+).map("".join)
+long_ints = st.integers(-(2**80), 2**80) | st.integers(10**18, 10**21)
+json_values = st.recursive(
+    long_ints | st.floats(allow_nan=False, allow_infinity=False) | digit_runs,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(digit_runs, inner, max_size=4),
+    max_leaves=12,
 )
-def test_the_long_integer_scan_finds_what_the_regular_expression_finds(pieces: list[str]) -> None:
-    raw = "".join(pieces).encode()
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values, st.sampled_from([None, 0, 2]), st.booleans())
+def test_the_long_integer_scan_finds_every_long_integer_of_valid_json(
+    value: Any, indent: int | None, compact: bool
+) -> None:
+    separators = (",", ":") if compact else None
+    raw = json.dumps(value, indent=indent, separators=separators, ensure_ascii=False).encode()
     zeros = raw.translate(strict_json._DIGITS_AS_ZEROS)
-    assert strict_json._long_int_literals(raw, zeros) == strict_json._LONG_INT.findall(raw)
+    integers = strict_json._LONG_INT.findall(strict_json._STRING.sub(b"", raw))
+    found = strict_json._long_int_literals(raw, zeros)
+    assert all(literal in found for literal in integers)
+
+
+def test_digit_runs_beside_letters_or_quotes_are_not_taken_for_integers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A catch-up batch of hex hashes with 20-digit runs: read without the slow search.
+    def no_slow_search(*_: Any) -> None:
+        raise AssertionError("the text was searched again without its strings")
+
+    monkeypatch.setattr(strict_json, "_out_of_range", lambda found: bool(found))
+    monkeypatch.setattr(strict_json, "_find_problem", no_slow_search)
+    text = orjson.dumps(
+        [
+            {"prev": "ab12345678901234567890cd", "n": 1},
+            {"hash": "12345678901234567890123ef"},
+            {"note": "-98765432109876543210x", "phone": "+12345678901234567890"},
+        ]
+    )
+    assert loads(text, "x") == orjson.loads(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"99999999999999999999",
+        b"-99999999999999999999",
+        b" 99999999999999999999\n",
+        b"[99999999999999999999]",
+        b'{"n":99999999999999999999}',
+        b'{"n": -99999999999999999999 }',
+        b"[1,\t99999999999999999999,2]",
+        b"[1,\r\n-99999999999999999999]",
+        # Beside a string holding a digit run that is ruled out, and one that is not.
+        b'["ab99999999999999999999", 99999999999999999999]',
+        b'["x, 99999999999999999999 ,", {"k": 99999999999999999999}]',
+    ],
+)
+def test_an_integer_out_of_range_between_any_delimiters_is_refused(text: bytes) -> None:
+    assert "integer -99999999999999999999 is outside" in refused(text) or (
+        "integer 99999999999999999999 is outside" in refused(text)
+    )
 
 
 @pytest.mark.parametrize(

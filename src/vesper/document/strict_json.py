@@ -35,10 +35,11 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 #: An integer literal of 19 or more digits, once strings are removed: not part of a
 #: fraction or an exponent, and not followed by one.
 _LONG_INT = re.compile(rb"(?<![0-9.eE+-])-?[0-9]{19,}(?![0-9.eE])")
-#: What ``_LONG_INT``'s lookbehind and lookahead refuse next to a run of digits: a
-#: fraction, an exponent or a longer number (``_long_int_literals`` checks the same).
-_BEFORE_NUMBER = frozenset(b"0123456789.eE+-")
-_AFTER_NUMBER = frozenset(b".eE")
+#: What stands before and after a number in JSON text: structure or whitespace. A run
+#: of digits with anything else beside it (a letter of a hex hash, a quote, a fraction's
+#: point, an exponent) is in a string or no integer.
+_BEFORE_NUMBER = frozenset(b"[:, \t\n\r")
+_AFTER_NUMBER = frozenset(b",]} \t\n\r")
 #: In the text with every digit a "0": where a run of digits ends (a megabyte of digits
 #: in a string must not cost a Python loop over each).
 _NOT_A_DIGIT = re.compile(rb"[^0]")
@@ -100,20 +101,23 @@ def _out_of_range(literals: list[bytes]) -> bool:
 
 
 def _long_int_literals(raw: bytes, zeros: bytes) -> list[bytes]:
-    """What ``_LONG_INT.findall(raw)`` finds, from the runs of nineteen digits or more
-    that ``zeros`` (``raw`` with every digit a "0") shows. Most texts with such a run
-    have one or two, in strings (a changeset's hex hashes hold one about once in 150):
-    a few ``find`` calls, where the regular expression tries every position of a large
-    catch-up batch (a fifth of its apply time)."""
+    """The runs of nineteen digits or more in ``raw`` that can be integers of valid JSON
+    text (which orjson has accepted), from the runs that ``zeros`` (``raw`` with every
+    digit a "0") shows: those standing between structure or whitespace, as every number
+    does. Most texts with such a run have one or two, in strings (a changeset's hex
+    hashes hold one about once in 150), and their neighbours rule them out: a few
+    ``find`` calls, where the regular expression tries every position of a large
+    catch-up batch (a fifth of its apply time), and no search without the strings
+    unless a run could be a number out of range."""
     found = []
     at = zeros.find(_NINETEEN_ZEROS)
     while at >= 0:
         other = _NOT_A_DIGIT.search(zeros, at + 19)
         end = len(zeros) if other is None else other.start()
         start = at - 1 if at and raw[at - 1] == 0x2D else at  # a minus sign
-        before = raw[start - 1] if start else None
-        after = raw[end] if end < len(raw) else None
-        if before not in _BEFORE_NUMBER and after not in _AFTER_NUMBER:
+        if (not start or raw[start - 1] in _BEFORE_NUMBER) and (
+            end == len(raw) or raw[end] in _AFTER_NUMBER
+        ):
             found.append(raw[start:end])
         at = zeros.find(_NINETEEN_ZEROS, end)
     return found
