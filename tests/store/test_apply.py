@@ -234,3 +234,60 @@ def test_a_bad_pending_copy_does_not_shadow_the_genuine_changeset() -> None:
     assert b.apply(bogus).pending == ["A.2"]
     assert b.apply(a.changeset("A.2")).applied == ["A.2"]
     assert b.pending_count == 0 and b.get("x") == {"id": "x", "v": 2}
+
+
+def _history_of(store: Store, ids: list[str]) -> dict[str, Any]:
+    return {
+        "objects": list(store.query()),
+        "with_conflicts": [store.get_with_conflicts(i) for i in ids],
+        "conflicts": store.conflicts(),
+        "changesets": [c["id"] for c in store.changesets()],
+        "histories": {i: store.object_history(i) for i in ids},
+        "changes": [(c.seq, c.id, c.objects) for c in store.changes(0, 1000)],
+        "digest": store.digest(),
+        "revision": store.revision,
+    }
+
+
+def test_many_changesets_on_the_same_objects_in_one_transaction_as_one_by_one(
+    tmp_path: Any,
+) -> None:
+    # The apply holds its rows until the transaction ends: a later changeset of the
+    # batch must see the objects as the earlier ones left them, and the history its
+    # changesets in order, exactly as if each had come alone.
+    a, c = stores("A", "C")
+    a.create([{"id": "x", "v": 1}, {"id": "y", "v": 1}])
+    c.apply_many(a.changesets())
+    a.update("x", {"v": 2, "w": [1, 2]})
+    c.update("x", {"v": 3})  # concurrent with A's: a conflict to keep
+    a.delete("y")
+    a.create({"id": "y", "again": True})
+    a.replace({"id": "x", "only": "this"})
+    a.apply_many(c.changesets(since=a.revision))
+    a.update("x", {"after": "merge"})
+    ids = ["x", "y"]
+    everything = list(a.changesets())
+    one_txn = open_store(f"sqlite:///{tmp_path / 'one.db'}", "B")
+    one_by_one = open_store(f"sqlite:///{tmp_path / 'each.db'}", "D")
+    try:
+        assert one_txn.apply_many(everything).applied == [cs["id"] for cs in everything]
+        for cs in everything:
+            one_by_one.apply(cs)
+        assert _history_of(one_txn, ids) == _history_of(one_by_one, ids) == _history_of(a, ids)
+    finally:
+        one_txn.close()
+        one_by_one.close()
+
+
+def test_a_second_copy_in_the_same_batch_is_compared_with_the_first() -> None:
+    # The first copy's row is not written yet when the second is looked up: a forged
+    # second copy must still be told from a duplicate.
+    a, b = stores("A", "B")
+    a.create({"id": "x", "v": 1})
+    genuine = a.changeset("A.1")
+    forged = copy.deepcopy(genuine)
+    forged["changes"][0]["set"]["v"] = 666
+    result = b.apply_many([genuine, copy.deepcopy(genuine), forged])
+    assert result.applied == ["A.1"] and result.duplicates == ["A.1"]
+    assert [f.changeset.id for f in result.forks] == ["A.1"]
+    assert b.get("x") == {"id": "x", "v": 1}

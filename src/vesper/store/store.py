@@ -50,6 +50,7 @@ from vesper.storage.url import parse_storage_url
 from vesper.store import changes as change_queries
 from vesper.store import history as history_queries
 from vesper.store import idempotency as idempotency_keys
+from vesper.store.apply_rows import ApplyRows, ObjectRow
 from vesper.store.changes import Change
 from vesper.store.digest import KEPT_MARK, DigestIndex
 from vesper.store.digest_worker import DigestWorker
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 VERSIONED_OPS = 100
 """Commits of at most this many operations report their objects' new versions."""
 _IN_CHUNK = 500
+_NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 FROM changesets"
 
 
 GC_PAUSE_OBJECTS = 1_000
@@ -473,6 +475,7 @@ class Store:
             self._rollback_memory_on_error(),
             self.db.write() as conn,
         ):
+            rows = ApplyRows(conn.execute(_NEXT_SEQ).fetchone()[0])
             for cs in parsed:
                 # Deliverable first: a copy already waiting as pending (perhaps a bad
                 # one with an impossible causal context) must not shadow a good one.
@@ -481,9 +484,10 @@ class Store:
                     if fork is not None:
                         forks.append(fork)
                         continue
-                    self._apply_one(conn, cs)
+                    self._apply_one(conn, cs, rows)
                     applied.append(cs.id)
                 elif self._vv.get(cs.origin, 0) >= cs.counter or self._pending.has(cs):
+                    rows.flush(conn)  # the held copy may be one of this batch
                     fork = self._compare_copy(conn, cs, adopted)
                     if fork is None:
                         duplicates.append(cs.id)
@@ -495,7 +499,8 @@ class Store:
                     self._pending.add(conn, cs)
                     pending.append(cs.id)
             if applied:
-                applied.extend(self._drain_pending(conn, forks))
+                applied.extend(self._drain_pending(conn, forks, rows))
+                rows.flush(conn)
                 self._save_state(conn)
         if applied:
             for changed in self._change_listeners:
@@ -553,18 +558,27 @@ class Store:
     def _deliverable(self, cs: Changeset) -> bool:
         return self._vv.get(cs.origin, 0) == cs.counter - 1 and dominates(self._vv, cs.base)
 
-    def _apply_one(self, conn: Any, cs: Changeset) -> None:
+    def _apply_one(self, conn: Any, cs: Changeset, rows: ApplyRows) -> None:
         live_docs: dict[str, str] = {}
-        states = self._load_states(conn, {c["id"] for c in cs.changes}, live_docs)
+        ids = [c["id"] for c in cs.changes]
+        states = self._load_states(conn, set(ids), live_docs, rows.objects)
         self._clock.observe(cs.hlc)
         self._write_changes(
-            conn, states, live_docs, cs.changes, cs.origin, cs.counter, cs.hlc, cs.base
+            conn,
+            states,
+            live_docs,
+            cs.changes,
+            cs.origin,
+            cs.counter,
+            cs.hlc,
+            cs.base,
+            held=rows.objects,
         )
-        self._insert_changeset(conn, cs.origin, cs.counter, cs.body, cs.changes)
+        rows.add_changeset(cs.origin, cs.counter, orjson.dumps(cs.body).decode(), ids)
         self._vv[cs.origin] = cs.counter
         self._heads[cs.origin] = cs.hash
 
-    def _drain_pending(self, conn: Any, forks: list[Fork]) -> list[str]:
+    def _drain_pending(self, conn: Any, forks: list[Fork], rows: ApplyRows) -> list[str]:
         released: list[str] = []
         progress = True
         while progress and self._pending:
@@ -574,7 +588,7 @@ class Store:
                 if fork is not None:
                     forks.append(fork)  # taken out of pending: it is quarantined
                     continue
-                self._apply_one(conn, cs)
+                self._apply_one(conn, cs, rows)
                 released.append(cs.id)
                 progress = True
         return released
@@ -582,11 +596,23 @@ class Store:
     # -- shared write helpers ------------------------------------------------------
 
     def _load_states(
-        self, conn: Any, ids: set[str], live_docs: dict[str, str]
+        self,
+        conn: Any,
+        ids: set[str],
+        live_docs: dict[str, str],
+        held: dict[str, ObjectRow] | None = None,
     ) -> dict[str, ObjectState]:
-        """The stored states of ``ids``; the documents of the live ones go to
-        ``live_docs`` (the digest takes them out when the write replaces them)."""
+        """The stored states of ``ids``, from ``held`` rows not yet written first; the
+        documents of the live ones go to ``live_docs`` (the digest takes them out when
+        the write replaces them)."""
         out: dict[str, ObjectState] = {}
+        if held:
+            for obj_id in ids & held.keys():
+                _, live, doc, state, _ = held[obj_id]
+                out[obj_id] = ObjectState.load(obj_id, doc, state)
+                if live:
+                    live_docs[obj_id] = doc
+            ids = ids - out.keys()
         id_list = list(ids)
         for start in range(0, len(id_list), _IN_CHUNK):
             chunk = id_list[start : start + _IN_CHUNK]
@@ -610,9 +636,12 @@ class Store:
         hlc: int,
         base: Mapping[str, int],
         versions: dict[str, str | None] | None = None,
+        *,
+        held: dict[str, ObjectRow] | None = None,
     ) -> None:
         """Merge ``changes`` into the objects' rows (and the digest); the version of
-        each object after it goes to ``versions`` when given."""
+        each object after it goes to ``versions`` when given. The rows are written, or
+        kept in ``held`` for the caller to write."""
         rows = []
         live_delta = 0
         digest = self._digest
@@ -648,11 +677,14 @@ class Store:
             digest.change(obj_id, live_docs.pop(obj_id, None), new_doc)
             if new_doc is not None:
                 live_docs[obj_id] = new_doc
-        conn.executemany(
-            "INSERT OR REPLACE INTO objects(id, live, doc, state, conflicted) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows,
-        )
+        if held is not None:
+            held.update((row[0], row) for row in rows)
+        else:
+            conn.executemany(
+                "INSERT OR REPLACE INTO objects(id, live, doc, state, conflicted) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
         if indexed:
             self.indexes.rewrite(conn, indexed_docs)
         self._live += live_delta
