@@ -15,6 +15,10 @@ from typing import Any
 
 ObjectRow = tuple[str, int, str, str, int]
 """``objects`` columns: id, live, doc, state, conflicted."""
+WRITE_OBJECTS = (
+    "INSERT OR REPLACE INTO objects(id, live, doc, state, conflicted) VALUES (?, ?, ?, ?, ?)"
+)
+WRITE_OBJECT_CHANGES = "INSERT INTO object_changes(obj, seq) VALUES (?, ?)"
 
 
 class ApplyRows:
@@ -24,30 +28,23 @@ class ApplyRows:
         self._object_changes: list[tuple[str, int]] = []
         self._next_seq = next_seq
 
-    def add_changeset(self, origin: str, counter: int, text: str, object_ids: list[str]) -> int:
-        """Hold a changeset row and its object index; returns the seq it will have (the
-        next after the largest stored, as SQLite would give it)."""
+    def add_changeset(self, origin: str, counter: int, text: str, object_ids: list[str]) -> None:
+        """Hold a changeset row and its object index, under the seq SQLite would give it
+        (the next after the largest stored)."""
         seq = self._next_seq
         self._next_seq += 1
         self._changesets.append((seq, origin, counter, text))
         self._object_changes.extend((obj_id, seq) for obj_id in object_ids)
-        return seq
 
     def flush(self, conn: Any) -> None:
         """Write what is held, in the caller's transaction, and hold nothing."""
         if self.objects:
-            conn.executemany(
-                "INSERT OR REPLACE INTO objects(id, live, doc, state, conflicted) "
-                "VALUES (?, ?, ?, ?, ?)",
-                list(self.objects.values()),
-            )
+            conn.executemany(WRITE_OBJECTS, list(self.objects.values()))
             self.objects.clear()
         if self._changesets:
             conn.executemany(
                 "INSERT INTO changesets(seq, origin, counter, body) VALUES (?, ?, ?, ?)",
                 self._changesets,
             )
-            conn.executemany(
-                "INSERT INTO object_changes(obj, seq) VALUES (?, ?)", self._object_changes
-            )
+            conn.executemany(WRITE_OBJECT_CHANGES, self._object_changes)
             self._changesets, self._object_changes = [], []

@@ -50,7 +50,7 @@ from vesper.storage.url import parse_storage_url
 from vesper.store import changes as change_queries
 from vesper.store import history as history_queries
 from vesper.store import idempotency as idempotency_keys
-from vesper.store.apply_rows import ApplyRows, ObjectRow
+from vesper.store.apply_rows import WRITE_OBJECT_CHANGES, WRITE_OBJECTS, ApplyRows, ObjectRow
 from vesper.store.changes import Change
 from vesper.store.digest import KEPT_MARK, DigestIndex
 from vesper.store.digest_worker import DigestWorker
@@ -680,11 +680,7 @@ class Store:
         if held is not None:
             held.update((row[0], row) for row in rows)
         else:
-            conn.executemany(
-                "INSERT OR REPLACE INTO objects(id, live, doc, state, conflicted) "
-                "VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+            conn.executemany(WRITE_OBJECTS, rows)
         if indexed:
             self.indexes.rewrite(conn, indexed_docs)
         self._live += live_delta
@@ -704,9 +700,7 @@ class Store:
             (origin, counter, orjson.dumps(body).decode() if text is None else text),
         )
         seq = cur.lastrowid
-        conn.executemany(
-            "INSERT INTO object_changes(obj, seq) VALUES (?, ?)", [(c["id"], seq) for c in changes]
-        )
+        conn.executemany(WRITE_OBJECT_CHANGES, [(c["id"], seq) for c in changes])
         return seq
 
     def _save_state(self, conn: Any) -> None:
