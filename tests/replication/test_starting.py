@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -168,3 +169,43 @@ def test_a_flood_of_hellos_gets_one_answer_a_second_and_the_last_one_is_answered
     assert 1 <= sent <= catchup.HELLO_ANSWER_BURST + int(time.monotonic() - started) + 1
     # Past the burst a hello is owed an answer, sent at a tick: the last one gets it.
     wait_for(lambda: answers(last_hello) >= 1, 10, "an answer after the last hello")
+
+
+def test_a_node_takes_writes_while_changesets_still_stream_in(
+    broker: MemoryBroker, node: Make
+) -> None:
+    """The start check waits for what was queued by the end of its listening, not for
+    the end of a stream that keeps arriving (a catch-up answer lasts minutes in a
+    bootstrap): before, a node started while changesets came faster than it applied
+    them kept its HTTP server down until the stream ended, or for ten seconds and then
+    warned that nobody had answered."""
+    a = node("A")
+    b = MemoryNode(broker, "B")
+    apply_parsed = b.store.apply_parsed
+
+    def slowly(parsed: list[Any]) -> Any:
+        time.sleep(0.002 * len(parsed))  # slower than A writes: B's queue only grows
+        return apply_parsed(parsed)
+
+    b.store.apply_parsed = slowly  # type: ignore[method-assign]
+    writes, writing = 4_000, threading.Event()
+
+    def write() -> None:
+        writing.set()
+        for i in range(writes):
+            a.store.create({"id": f"o{i}"})
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writing.wait()
+    starting = Starting(b)
+    try:
+        assert starting.started.wait(60), "B never took writes"
+        assert starting.error is None
+        assert writer.is_alive(), "B took writes only once A stopped writing"
+        assert b.store.create({"id": "from-B"}).changeset == "B.1"
+        writer.join()
+        wait_for(lambda: b.store.count == writes + 1, 60, lambda: f"B has {b.store.count}")
+    finally:
+        b.stop()

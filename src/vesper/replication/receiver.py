@@ -97,6 +97,10 @@ class ApplyWorker:
         }
         self._wake_pending = False
         self.announcements_dropped = 0
+        self.received = 0
+        """Deliveries handed over since start (counted by the receiver thread)."""
+        self._handled = 0
+        """Of those, the ones processed (counted by the worker thread)."""
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._rejected: list[Rejected] = []
@@ -132,6 +136,7 @@ class ApplyWorker:
     def deliver(self, delivery: Delivery) -> None:
         """Receiver thread: hand over. Blocks only when the worker is far behind,
         which pushes back on the broker through TCP rather than growing memory."""
+        self.received += 1
         if delivery.headers.get("subscription") in self._announce_subscriptions:
             if len(self._announcements) == ANNOUNCE_BACKLOG:
                 self.announcements_dropped += 1
@@ -199,6 +204,7 @@ class ApplyWorker:
                     link.close()
             finally:
                 self.busy_since = None
+                self._handled += len(batch)
 
     def _process(self, batch: list[Delivery]) -> None:
         failure = self._store.failure
@@ -516,6 +522,11 @@ class ApplyWorker:
                 link.ack(delivery.headers)
             except Exception:
                 return
+
+    def handled_through(self, mark: int) -> bool:
+        """Whether the first ``mark`` deliveries have all been processed (or, being
+        announcements, dropped for newer ones)."""
+        return self._handled + self.announcements_dropped >= mark
 
     @property
     def backlog(self) -> int:

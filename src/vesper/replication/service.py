@@ -170,6 +170,9 @@ class ReplicationService:
         self.claims: dict[str, str] = {}
         """Other keys seen signing for this node's branch id -> when (ISO time)."""
         self._connected_at: float | None = None
+        self._start_mark: tuple[float, int] | None = None
+        """(connection time, deliveries handed to the worker by the end of the
+        listening) for the start check."""
         self._client_id_taken_since: float | None = None
         self._started = threading.Event()
         self._log_limit = LogLimit()
@@ -304,13 +307,16 @@ class ReplicationService:
             return False
         waited = time.monotonic() - connected_at
         heard = any(ae.heard_since(connected_at) for ae in self.anti_entropy.values())
-        # Whatever was queued when it connected (a flood, say) is processed first, so
-        # the answers behind it are not missed.
-        if (
-            (waited < SETTLE_S and not self._origins_answered(connected_at))
-            or self.worker.backlog
-            or (not heard and waited < QUIET_S)
+        if (waited < SETTLE_S and not self._origins_answered(connected_at)) or (
+            not heard and waited < QUIET_S
         ):
+            return False
+        # Whatever was queued by the end of the listening (a flood, say) is processed
+        # first, so the answers behind it are not missed; what keeps arriving after it
+        # (a catch-up streaming in for minutes) does not hold the start up.
+        if self._start_mark is None or self._start_mark[0] != connected_at:
+            self._start_mark = connected_at, self.worker.received
+        if not self.worker.handled_through(self._start_mark[1]):
             return False
         own = self.store.own_head()[0]
         return all(ae.own_elsewhere <= own for ae in self.anti_entropy.values())
