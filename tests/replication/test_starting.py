@@ -209,3 +209,31 @@ def test_a_node_takes_writes_while_changesets_still_stream_in(
         wait_for(lambda: b.store.count == writes + 1, 60, lambda: f"B has {b.store.count}")
     finally:
         b.stop()
+
+
+def test_the_worker_counts_a_delivery_as_handled_only_once_processed(
+    broker: MemoryBroker, node: Make
+) -> None:
+    """What the start check counts on: deliveries taken from the queue but still being
+    applied are not yet handled, so a mark taken then waits for them."""
+    a, b = node("A"), node("B")
+    gate, applying = threading.Event(), threading.Event()
+    apply_parsed = b.store.apply_parsed
+
+    def gated(parsed: list[Any]) -> Any:
+        applying.set()
+        assert gate.wait(30), "the test never opened the gate"
+        return apply_parsed(parsed)
+
+    b.store.apply_parsed = gated  # type: ignore[method-assign]
+    worker = b.service.worker
+    try:
+        a.store.create({"id": "x"})
+        assert applying.wait(10), "B never applied x"
+        mark = worker.received  # x among them, taken from the queue, not yet applied
+        assert not worker.handled_through(mark)
+        gate.set()
+        wait_for(lambda: worker.handled_through(mark), 10, "x handled")
+        assert b.store.get("x") is not None
+    finally:
+        gate.set()
