@@ -176,15 +176,15 @@ def test_a_node_takes_writes_while_changesets_still_stream_in(
 ) -> None:
     """The start check waits for what was queued by the end of its listening, not for
     the end of a stream that keeps arriving (a catch-up answer lasts minutes in a
-    bootstrap): before, a node started while changesets came faster than it applied
-    them kept its HTTP server down until the stream ended, or for ten seconds and then
-    warned that nobody had answered."""
+    bootstrap). Before, it waited for an empty queue, which such a stream leaves only
+    by chance, between two receive batches: this test passes on that rule too, most
+    of the time; the one below pins what the new rule counts."""
     a = node("A")
     b = MemoryNode(broker, "B")
     apply_parsed = b.store.apply_parsed
 
     def slowly(parsed: list[Any]) -> Any:
-        time.sleep(0.002 * len(parsed))  # slower than A writes: B's queue only grows
+        time.sleep(0.002 * len(parsed))  # slower than A writes: B falls further behind
         return apply_parsed(parsed)
 
     b.store.apply_parsed = slowly  # type: ignore[method-assign]
