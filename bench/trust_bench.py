@@ -13,7 +13,8 @@ apply    N signed single-object changesets from an origin store, in messages of 
          ``parse_changeset`` + ``apply_parsed`` ("off"), the same plus
          ``Verifier.changesets`` on the message ("on"), and the same with one verifier
          call per changeset (what the chain amortisation saves) (target: applies at
-         most 25% lower)
+         most 25% lower); and the verifier alone on a backlog of small messages,
+         message by message against one receive batch (``Verifier.batch``)
 http     one client, sequential keep-alive ``POST /api/objects`` of one object, against
          ``vesper serve`` nodes: replication off, replicating through the embedded
          broker (``python -m vesper.broker --data-dir``), and replicating with the
@@ -67,6 +68,9 @@ from _nodes import (  # noqa: E402
 )
 from benchlib import small_doc  # noqa: E402
 from vesper.history.changeset import Changeset, parse_changeset  # noqa: E402
+from vesper.replication.receiver import BATCH_MESSAGES  # noqa: E402
+from vesper.storage.database import Database  # noqa: E402
+from vesper.storage.url import parse_storage_url  # noqa: E402
 from vesper.store.store import Store, open_store  # noqa: E402
 from vesper.trust.keyring import Keyring  # noqa: E402
 from vesper.trust.keys import NodeKey  # noqa: E402
@@ -75,6 +79,8 @@ from vesper.trust.verifier import Verifier  # noqa: E402
 
 MESSAGE_CHANGESETS = 100
 """Changesets per message, as ``replication.sender.BATCH_CHANGESETS`` sends a backlog."""
+BACKLOG_MESSAGE = 12
+"""Changesets per message of a single writer's live traffic (12-17 measured)."""
 NO_HASH = "0" * 64
 HTTP_WARMUP_S = 0.5
 
@@ -380,6 +386,51 @@ def bench_apply(workdir: Path, sizes: Sizes) -> list[Figure]:
             detail={"per_message_us": round(msg_us, 1)},
         ),
         Figure("apply", "  verifier time per changeset, one by one", 0.0, each_us / per_msg, "us"),
+        *bench_backlog_verify(sizes),
+    ]
+
+
+def bench_backlog_verify(sizes: Sizes) -> list[Figure]:
+    """The verifier alone on a returning node's backlog: small messages (as a single
+    writer's sender makes them), each signed on its last changeset, checked message by
+    message against one receive batch (``Verifier.batch``) of up to ``BATCH_MESSAGES``."""
+    key = NodeKey.generate()
+    origin = open_store("mem://", "ORIGIN", save_history=True)
+    try:
+        for i in range(sizes.apply):
+            origin.create(small_doc(i))
+        bodies = list(origin.changesets())
+    finally:
+        origin.close()
+    parts = [bodies[i : i + BACKLOG_MESSAGE] for i in range(0, len(bodies), BACKLOG_MESSAGE)]
+    raw = [[*part[:-1], sign(part[-1], key)] for part in parts]
+    own = NodeKey.generate().public
+    seconds: dict[str, list[float]] = {"message": [], "batch": []}
+    for r in range(sizes.rounds):
+        for way in ("message", "batch") if r % 2 == 0 else ("batch", "message"):
+            parsed = [[parse_changeset(b, "DEST") for b in m] for m in raw]
+            verifier = Verifier(Keyring(Database(parse_storage_url("mem://")), "DEST", own))
+            t0 = time.perf_counter()
+            if way == "message":
+                for message in parsed:
+                    verifier.changesets(message)
+            else:
+                for i in range(0, len(parsed), BATCH_MESSAGES):
+                    verifier.batch(parsed[i : i + BATCH_MESSAGES])
+            seconds[way].append(time.perf_counter() - t0)
+    n = sizes.apply
+    return [
+        Figure(
+            "apply",
+            f"  verifier, backlog in messages of {BACKLOG_MESSAGE}: per message / batch",
+            n / min(seconds["message"]),
+            n / min(seconds["batch"]),
+            "changesets/s",
+            detail={
+                "messages": len(raw),
+                **{f"{w}_seconds": [round(x, 3) for x in s] for w, s in seconds.items()},
+            },
+        ),
     ]
 
 

@@ -165,6 +165,59 @@ def test_one_signature_check_covers_a_chained_run(
     assert checked == ["A.50"]  # the run's last signature covers the 49 before it
 
 
+def test_a_backlog_of_small_messages_costs_a_check_per_checkpoint_not_per_message(
+    broker: MemoryBroker, node: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 messages of one origin reach B while B is busy, with forgeries between them
+    (as any client of the broker can send): B takes them as one batch, checks a few
+    signatures instead of 200, applies every genuine changeset and refuses each forgery."""
+    origin = node("A")
+    origin.service.stop()
+    for i in range(400):
+        origin.store.create({"id": f"d{i}"})
+    history = list(origin.store.changesets())
+    messages = [
+        changeset_message(history[i], sign(history[i + 1], origin.key)) for i in range(0, 400, 2)
+    ]
+    forgeries = []
+    for k in range(41, 400, 80):  # chained onto a genuine changeset, another's signature
+        fake = {**history[k], "changes": [{"id": "evil", "op": "create", "exists": True}]}
+        forgeries.append(changeset_message({**fake, "key": origin.key.public, "sig": "A" * 86}))
+    checked: list[str] = []
+    real_check = verifier_module.Verifier._check
+
+    def spy(self: verifier_module.Verifier, cs: object) -> object:
+        checked.append(cs.id)  # type: ignore[attr-defined]
+        return real_check(self, cs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verifier_module.Verifier, "_check", spy)
+    b = node("B")
+    entered, release = threading.Event(), threading.Event()
+    real_apply = b.store.apply_parsed
+
+    def gated(changesets: list) -> object:
+        entered.set()
+        assert release.wait(10)
+        return real_apply(changesets)
+
+    b.store.apply_parsed = gated  # type: ignore[method-assign]
+    broker.publish(wire.topic("c"), *messages[0])
+    assert entered.wait(10)
+    for i, message in enumerate(messages[1:]):
+        broker.publish(wire.topic("c"), *message)
+        if i % 40 == 0:
+            broker.publish(wire.topic("c"), *forgeries[i // 40])
+    wait_for(lambda: b.service.worker.backlog >= 199 + len(forgeries), 10, "all waiting")
+    release.set()
+    wait_for(lambda: b.store.count == 400, 10, "every genuine changeset applied")
+    wait_for(lambda: quarantined(b, "bad_signature") == len(forgeries), 10, "forgeries refused")
+    assert b.store.get("evil") is None
+    # Per message it would be 200 checks plus the forgeries'.
+    assert len(checked) <= 1 + 400 // 60 + 1 + 2 * len(forgeries), checked
+    kept = [c for c in range(1, 401) if "sig" in b.store.changeset(f"A.{c}")]
+    assert kept[-1] == 400 and max(y - x for x, y in zip([0, *kept], kept, strict=False)) <= 64
+
+
 def test_a_forgery_appended_to_a_genuine_run_is_refused_alone(
     broker: MemoryBroker, node: Make
 ) -> None:
