@@ -278,6 +278,27 @@ def test_a_new_node_bootstraps_a_signed_history_relayed_by_a_peer(
     assert c.status()["quarantined"] == {}
 
 
+def test_a_node_bootstraps_from_a_peer_that_itself_bootstrapped(
+    broker: MemoryBroker, node: Make
+) -> None:
+    """B takes A's 3,000 single commits by catch-up and keeps only the signatures it
+    verified (a few, far apart); C then takes them all from B alone. Every batch B
+    serves must still end on a signature B kept, or C would refuse the rest."""
+    a = node("A")
+    for i in range(3000):
+        a.store.create({"id": f"d{i}", "pad": "x" * 150})
+    wait_for(lambda: a.store.outbox_count == 0, 30, "A's outbox sent")
+    b = node("B")
+    wait_for(lambda: b.store.count == 3000, 60, "B bootstrapped from A")
+    kept = [c for c in range(1, 3001) if "sig" in b.store.changeset(f"A.{c}")]
+    assert kept[-1] == 3000 and len(kept) < 100  # sparse: catch-up batches of up to 500
+    a.stop()
+    c = node("C")
+    wait_for(lambda: c.store.count == 3000, 60, "C bootstrapped from B")
+    assert c.status()["quarantined"] == {}
+    assert c.store.version_vector == {"A": 3000}
+
+
 def test_unsigned_and_forged_announcements_are_ignored(broker: MemoryBroker, node: Make) -> None:
     b = node("B")
     fake = {"type": "announce", "branch": "X", "revision": "X.5"}
