@@ -16,7 +16,7 @@ from vesper.store import open_store
 from vesper.trust.keyring import Keyring
 from vesper.trust.keys import NodeKey
 from vesper.trust.signing import content_hash, sign
-from vesper.trust.verifier import CHECKPOINT, Verifier
+from vesper.trust.verifier import CHECKPOINT, MAX_CHECKS, Verifier
 
 KEY = NodeKey.generate()
 
@@ -142,6 +142,7 @@ def test_a_batch_accepts_exactly_what_a_valid_signature_covers_across_its_messag
         # The content is genuine, the signature is another changeset's.
         bodies[junk] = {**bodies[junk], "sig": sign(HISTORY[(junk + 1) % 12], KEY)["sig"]}
     valid = {i for i in signed if i not in (tamper, junk)}
+    verifier.changesets([parse_changeset(sign(HISTORY[0], KEY))])  # A's key pinned
     messages = split([parse_changeset(bodies[i]) for i in order], cuts)
     results = verifier.batch(messages)
     accepted = [cs for good, _ in results for cs in good]
@@ -205,6 +206,7 @@ def test_a_long_chain_in_many_messages_keeps_a_signature_every_checkpoint(
         messages.append([*map(parse_changeset, covered), parse_changeset(sign(last, KEY))])
     db = Database(parse_storage_url("mem://"))
     verifier = Verifier(Keyring(db, "B", NodeKey.generate().public))
+    verifier.changesets([parse_changeset(sign(bodies[0], KEY))])  # A's key pinned
     checked = counting(verifier, monkeypatch)
     results = verifier.batch(messages)
     accepted = [cs for good, _ in results for cs in good]
@@ -263,3 +265,39 @@ def test_a_message_in_a_batch_keeps_all_it_would_be_accepted_for_alone(
         if all(kind != "forged" for _, kind in kinds):
             alone, _ = verifier().changesets(message)
             assert {cs.hash for cs in alone} <= {cs.hash for cs in good}
+
+
+def test_a_forgery_later_in_the_batch_cannot_win_a_new_origins_pin(verifier: Verifier) -> None:
+    """Trust on first use pins the first valid key of a new origin. A's first message,
+    then a forged A.50 under another key with a higher counter, in one batch: A's key is
+    pinned as it would be one message at a time, and the forgery is refused."""
+    genuine = [parse_changeset(b) for b in HISTORY[:2]] + [parse_changeset(sign(HISTORY[2], KEY))]
+    forged_body = {
+        **HISTORY[0],
+        "id": "A.50",
+        "revision": "A.50",
+        "base_revision": "A.49",
+        "prev": "ab" * 32,
+        "changes": [{"id": "evil", "op": "create", "exists": True}],
+    }
+    forged = [parse_changeset(sign(forged_body, NodeKey.generate()))]
+    (good, refused), (bad, reasons) = verifier.batch([genuine, forged])
+    assert len(good) == 3 and refused == [] and bad == []
+    assert [r.reason for r in reasons] == ["key_mismatch"]
+    assert verifier.keyring.pinned("A") == KEY.public
+
+
+def test_a_message_with_more_runs_than_checks_keeps_the_same_ones_in_a_batch() -> None:
+    """Which runs of a message past its budget of checks are checked depends on their
+    order: in a batch it is the order of the message alone."""
+    bodies = history(2 * MAX_CHECKS + 2)
+    message = [parse_changeset(sign(b, KEY)) for b in bodies[::2]]  # every run of one
+
+    def verifier() -> Verifier:
+        db = Database(parse_storage_url("mem://"))
+        return Verifier(Keyring(db, "B", NodeKey.generate().public, {"A": (KEY.public,)}))
+
+    alone, _ = verifier().changesets(message)
+    [(in_batch, _)] = verifier().batch([message])
+    assert len(alone) == MAX_CHECKS
+    assert [cs.id for cs in in_batch] == [cs.id for cs in alone]

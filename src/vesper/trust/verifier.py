@@ -18,6 +18,7 @@ accepted for alone is lost by travelling in a batch with forged ones.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,8 +69,9 @@ class Verifier:
         accepted, without a check of its own, when a covered run of another message of
         the batch names its last changeset as ``prev``.
 
-        The runs of all the messages are taken newest first, so the newest signature of
-        a chain covers it through every message it spans. A covered run's own signature
+        The runs of origins with a trusted key are taken newest first, so the newest
+        signature of a chain covers it through every message it spans (the runs of an
+        origin not yet pinned are checked in arrival order, as alone). A covered run's own signature
         is checked as well when the signature kept above would otherwise lie more than
         ``CHECKPOINT`` changesets from the next one. A run that is not covered that way
         is checked exactly as in its message alone, against its message's budget: a
@@ -80,12 +82,29 @@ class Verifier:
         refusals: list[list[Refusal]] = [[] for _ in messages]
         budgets = [[MAX_CHECKS, MAX_FAILED_CHECKS] for _ in messages]
         runs = [(m, run) for m, given in enumerate(messages) for run in _runs(given)]
-        runs.sort(key=lambda item: item[1][-1].counter, reverse=True)
+        # Taken in arrival order, one message after another as alone: the runs of an
+        # origin with no key yet (under trust on first use the first valid key is
+        # pinned, and a forgery arriving later in the batch must not win the pin by
+        # its higher counter), and those of a message with more runs than checks (the
+        # order decides which are checked).
+        known: dict[str, bool] = {}
+        crowded = {m for m, n in Counter(m for m, _ in runs).items() if n > MAX_CHECKS}
+        in_order, newest_first = [], []
+        for m, run in runs:
+            origin = run[0].origin
+            if origin not in known:
+                known[origin] = self.keyring.known(origin)
+            (newest_first if known[origin] and m not in crowded else in_order).append((m, run))
+        for m, run in in_order:
+            covered = self._cover(run, refusals[m], budgets[m])
+            if covered:
+                _accept(run, covered, True, goods[m])
+        newest_first.sort(key=lambda item: item[1][-1].counter, reverse=True)
         chained: set[_Node] = set()
         """The predecessors of covered runs: covered too, by the same signature."""
         kept_at: dict[str, int] = {}
         """Each origin's lowest counter whose signature is kept so far."""
-        for m, run in runs:
+        for m, run in newest_first:
             first, last = run[0], run[-1]
             if (last.origin, last.counter, last.hash) in chained:
                 covered = len(run)
