@@ -41,6 +41,19 @@ def quarantined(n: MemoryNode, reason: str) -> int:
     return n.status()["quarantined"].get(reason, 0)
 
 
+def spy_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the changesets whose signature the verifier checks, as it checks them."""
+    checked: list[str] = []
+    real_check = verifier_module.Verifier._check
+
+    def spy(self: verifier_module.Verifier, cs: object) -> object:
+        checked.append(cs.id)  # type: ignore[attr-defined]
+        return real_check(self, cs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verifier_module.Verifier, "_check", spy)
+    return checked
+
+
 # -- sender --------------------------------------------------------------------------
 
 
@@ -151,14 +164,7 @@ def test_one_signature_check_covers_a_chained_run(
     for i in range(50):
         origin.store.create({"id": f"d{i}"})
     bodies = [sign(cs, origin.key) for cs in origin.store.changesets()]
-    checked: list[str] = []
-    real_check = verifier_module.Verifier._check
-
-    def spy(self: verifier_module.Verifier, cs: object) -> object:
-        checked.append(cs.id)  # type: ignore[attr-defined]
-        return real_check(self, cs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(verifier_module.Verifier, "_check", spy)
+    checked = spy_checks(monkeypatch)
     b = node("B")
     broker.publish(wire.topic("c"), *changeset_message(*bodies))
     wait_for(lambda: b.store.count == 50, 10, "50 applied")
@@ -183,14 +189,7 @@ def test_a_backlog_of_small_messages_costs_a_check_per_checkpoint_not_per_messag
     for k in range(41, 400, 80):  # chained onto a genuine changeset, another's signature
         fake = {**history[k], "changes": [{"id": "evil", "op": "create", "exists": True}]}
         forgeries.append(changeset_message({**fake, "key": origin.key.public, "sig": "A" * 86}))
-    checked: list[str] = []
-    real_check = verifier_module.Verifier._check
-
-    def spy(self: verifier_module.Verifier, cs: object) -> object:
-        checked.append(cs.id)  # type: ignore[attr-defined]
-        return real_check(self, cs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(verifier_module.Verifier, "_check", spy)
+    checked = spy_checks(monkeypatch)
     b = node("B")
     entered, release = threading.Event(), threading.Event()
     real_apply = b.store.apply_parsed

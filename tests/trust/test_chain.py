@@ -33,6 +33,20 @@ def history(n: int) -> list[dict]:
 HISTORY = history(12)
 
 
+def covered(valid: set[int], tamper: int | None) -> set[int]:
+    """The indexes of HISTORY a valid signature covers: those from which a changeset in
+    ``valid`` is reached through the chain, without passing the ``tamper``ed one."""
+    out = set()
+    for i in range(12):
+        j = i
+        while j < 12 and j != tamper:
+            if j in valid:
+                out.add(i)
+                break
+            j += 1
+    return out
+
+
 @pytest.fixture
 def verifier() -> Verifier:
     db = Database(parse_storage_url("mem://"))
@@ -64,14 +78,7 @@ def test_accepted_exactly_when_covered_by_a_valid_signature(
     parsed = [parse_changeset(bodies[i]) for i in order]
     good, refused = verifier.changesets(parsed)
     accepted = {cs.counter - 1 for cs in good}
-    expected = set()
-    for i in range(12):
-        j = i
-        while j < 12 and j != tamper:
-            if j in signed:
-                expected.add(i)
-                break
-            j += 1
+    expected = covered(signed, tamper)
     assert accepted == expected
     assert len(good) + len(refused) >= len(accepted)
 
@@ -146,14 +153,7 @@ def test_a_batch_accepts_exactly_what_a_valid_signature_covers_across_its_messag
     messages = split([parse_changeset(bodies[i]) for i in order], cuts)
     results = verifier.batch(messages)
     accepted = [cs for good, _ in results for cs in good]
-    expected = set()
-    for i in range(12):
-        j = i
-        while j < 12 and j != tamper:
-            if j in valid:
-                expected.add(i)
-                break
-            j += 1
+    expected = covered(valid, tamper)
     assert sorted(cs.counter - 1 for cs in accepted) == sorted(expected)
     assert all(cs.counter - 1 in valid for cs in accepted if cs.signed)
     refused = {r.changeset.counter - 1 for _, rs in results for r in rs}
