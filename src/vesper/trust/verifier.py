@@ -70,13 +70,14 @@ class Verifier:
         the batch names its last changeset as ``prev``.
 
         The runs of origins with a trusted key are taken newest first, so the newest
-        signature of a chain covers it through every message it spans (the runs of an
-        origin not yet pinned are checked in arrival order, as alone). A covered run's own signature
-        is checked as well when the signature kept above would otherwise lie more than
-        ``CHECKPOINT`` changesets from the next one. A run that is not covered that way
-        is checked exactly as in its message alone, against its message's budget: a
-        forged message spends its own budget, never that of the genuine ones beside it,
-        and a genuine message is accepted in a batch whenever it would be alone.
+        signature of a chain covers it through every message it spans (those of an
+        origin not pinned yet are checked in arrival order, as alone). A covered run's
+        own signature is checked as well when the signature kept above would otherwise
+        lie more than ``CHECKPOINT`` changesets from the next one. A run that is not
+        covered that way is checked exactly as in its message alone, against its
+        message's budget: a forged message spends its own budget, never that of the
+        genuine ones beside it, and a message without forgeries keeps at least what it
+        would be accepted for alone.
         """
         goods: list[dict[int, Changeset]] = [{} for _ in messages]
         refusals: list[list[Refusal]] = [[] for _ in messages]
